@@ -1,0 +1,87 @@
+// Package audit writes the audit trail: one structured event per decision,
+// connection, malformed frame and policy reload, as JSON lines with Elastic
+// Common Schema (ECS) field names, encoded with zap.
+//
+// The audit trail is separate from the operational log. It never decides: it
+// records what the proxy decided, and reports whether the record is durable so
+// that the proxy can refuse a write whose event could not be written.
+package audit
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/pki"
+)
+
+// Action values (ECS event.action).
+const (
+	ActionRequest         = "request"          // a decided operation
+	ActionConnectionOpen  = "connection-open"  // client accepted (after TLS)
+	ActionConnectionClose = "connection-close" // client connection ended
+	ActionHandshake       = "tls-handshake"    // a refused TLS handshake
+	ActionMalformed       = "malformed-frame"  // framing could not be trusted
+	ActionUnsolicited     = "unsolicited-response"
+	ActionPolicyReload    = "policy-reload"
+	ActionCertReload      = "certificate-reload"
+	ActionStart           = "start"
+	ActionStop            = "stop"
+)
+
+// Outcome values (ECS event.outcome).
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeUnknown = "unknown"
+)
+
+// Event is one audit record. The recorder assigns Seq and, when zero, Time.
+// Fields map to ECS as noted; empty fields are omitted from the output.
+type Event struct {
+	Seq  uint64    // conduit.sequence: strictly increasing per audit file
+	Time time.Time // @timestamp
+
+	Action  string // event.action
+	Outcome string // event.outcome
+	Reason  string // event.reason
+
+	// Decision fields, for ActionRequest events.
+	DecisionID string // event.id
+	Allowed    bool   // event.type: "allowed" or "denied"; event.category "network"
+	DryRun     bool   // conduit.dry_run: denied by policy, allowed by monitor mode
+	Rule       string // rule.id
+	Revision   string // rule.version
+	DenyAction string // conduit.deny_action: "exception", "reset", "drop"
+
+	Listener string         // observer.ingress.interface.name and conduit.listener
+	ConnID   uint64         // conduit.connection_id
+	Source   netip.AddrPort // source.ip, source.port
+	Dest     netip.AddrPort // destination.ip, destination.port (the device)
+	Protocol string         // network.protocol: "modbus", "opcua"
+
+	Identity   *pki.Identity // tls.client.x509.*, tls.client.hash.sha256
+	TLSVersion string        // tls.version ("1.3")
+
+	Op *inspect.Operation // operation.access/name, modbus.* or opcua.*
+
+	// Response details: the Modbus exception code or OPC UA status code
+	// the client received (sent by the proxy for a deny, by the device
+	// otherwise, when known).
+	ExceptionCode uint8  // modbus.exception_code
+	StatusCode    uint32 // opcua.status_code
+
+	// Bytes is the raw frame for malformed-frame events (truncated to a
+	// bounded prefix by the recorder), hex-encoded as conduit.frame.
+	Bytes []byte
+}
+
+// Recorder writes events. Record returns only when the event is written to
+// the sink (for a file: write(2) returned), or with the error that prevented
+// it: a caller about to forward a write must deny it on error.
+//
+// Implementations are safe for concurrent use and may group the writes of
+// concurrent callers into one system call (group commit).
+type Recorder interface {
+	Record(ev *Event) error
+}
