@@ -1,0 +1,115 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `listeners:
+  - name: plc-line1
+    protocol: modbus
+    listen: 127.0.0.1:5020
+    upstream: 127.0.0.1:15020
+policy:
+  path: rules/
+audit:
+  file: audit.jsonl
+`
+
+func TestParseMinimalAppliesDefaults(t *testing.T) {
+	cfg, err := Parse("/etc/conduit/conduit.yaml", []byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Listeners[0]
+	if l.DenyAction != "exception" || l.DenyException != 1 {
+		t.Errorf("deny defaults = %q/%d", l.DenyAction, l.DenyException)
+	}
+	if l.MaxOutstanding != DefaultMaxOutstanding || l.MaxConnections != DefaultMaxConnections {
+		t.Errorf("limits = %d/%d", l.MaxOutstanding, l.MaxConnections)
+	}
+	if l.Timeouts.Response.D() != DefaultResponseTimeout || l.Timeouts.MaxLifetime != 0 {
+		t.Errorf("timeouts = %+v", l.Timeouts)
+	}
+	if cfg.Policy.Path != "/etc/conduit/rules" || cfg.Audit.File != "/etc/conduit/audit.jsonl" {
+		t.Errorf("paths not resolved against the config directory: %q %q", cfg.Policy.Path, cfg.Audit.File)
+	}
+	if !cfg.Policy.WatchEnabled() || !cfg.Policy.TestsEnabled() {
+		t.Error("watch and run_tests default to true")
+	}
+}
+
+func TestParseErrorsNameFileLineAndField(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string // substrings of the error, in order
+	}{
+		{"unknown key with suggestion", strings.Replace(minimal, "    upstream:", "    upstrem:", 1),
+			[]string{"c.yaml:5: listeners[0].upstrem: unknown field (did you mean \"upstream\"?)"}},
+		{"bad upstream", strings.Replace(minimal, "127.0.0.1:15020", "plc1", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"plc1\": missing port in address"}},
+		{"bad duration", strings.Replace(minimal, "policy:", "    timeouts:\n      idle: 10\npolicy:", 1),
+			[]string{"c.yaml:7: listeners[0].timeouts.idle: invalid duration \"10\""}},
+		{"bad type", strings.Replace(minimal, "protocol: modbus", "protocol: modbus\n    max_outstanding: lots", 1),
+			[]string{"c.yaml:4: listeners[0].max_outstanding: cannot unmarshal"}},
+		{"bad protocol", strings.Replace(minimal, "protocol: modbus", "protocol: dnp3", 1),
+			[]string{"c.yaml:3: listeners[0].protocol: \"dnp3\" is not supported"}},
+		{"missing audit", strings.Replace(minimal, "audit:\n  file: audit.jsonl\n", "", 1),
+			[]string{"c.yaml: audit.file: required"}},
+		{"tls without client ca", minimal[:strings.Index(minimal, "policy:")] + "    tls:\n      cert_file: a.crt\n      key_file: a.key\n      min_version: \"1.1\"\n" + minimal[strings.Index(minimal, "policy:"):],
+			[]string{"c.yaml:6: listeners[0].tls.client_ca_file: required", "c.yaml:9: listeners[0].tls.min_version: \"1.1\""}},
+		{"duplicate listener", strings.Replace(minimal, "policy:", "  - name: plc-line1\n    protocol: modbus\n    listen: 127.0.0.1:5020\n    upstream: 127.0.0.1:1\npolicy:", 1),
+			[]string{"c.yaml:6: listeners[1].name: \"plc-line1\" is already", "c.yaml:8: listeners[1].listen: 127.0.0.1:5020 is also"}},
+		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			msg := err.Error()
+			for _, w := range tc.want {
+				i := strings.Index(msg, w)
+				if i < 0 {
+					t.Fatalf("error %q does not contain %q", msg, w)
+				}
+				msg = msg[i+len(w):]
+			}
+		})
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "conduit.yaml")
+	if err := os.WriteFile(path, []byte("listeners: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	var errs Errors
+	if !errors.As(err, &errs) || errs[0].File != path || errs[0].Line != 1 || errs[0].Field != "listeners" {
+		t.Fatalf("err = %#v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestOPCUADefaults(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(strings.Replace(minimal, "protocol: modbus", "protocol: opcua", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Listeners[0].OPCUA
+	if o == nil || o.SecurityMode != "none" || o.EndpointURL != "opc.tcp://127.0.0.1:5020" || o.MaxChunkSize != DefaultOPCUAMaxChunk {
+		t.Fatalf("opcua = %+v", o)
+	}
+	if cfg.Listeners[0].Timeouts.Handshake.D() != 10*time.Second {
+		t.Fatal("handshake default")
+	}
+}

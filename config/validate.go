@@ -1,0 +1,225 @@
+package config
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// validate checks the defaulted configuration and returns every problem
+// with its field path; Parse adds file and line.
+func (c *Config) validate() []*Error {
+	var errs []*Error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &Error{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	if len(c.Listeners) == 0 {
+		bad("listeners", "at least one listener is required")
+	}
+	names := map[string]int{}
+	listens := map[string]int{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		switch {
+		case l.Name == "":
+			bad(p+".name", "required (it names the listener in policy input and audit events)")
+		case !validName(l.Name):
+			bad(p+".name", "%q: use letters, digits, '-', '_' and '.' only", l.Name)
+		default:
+			if j, dup := names[l.Name]; dup {
+				bad(p+".name", "%q is already the name of listeners[%d]", l.Name, j)
+			}
+			names[l.Name] = i
+		}
+		switch l.Protocol {
+		case ProtocolModbus, ProtocolOPCUA:
+		case "":
+			bad(p+".protocol", "required: %q or %q", ProtocolModbus, ProtocolOPCUA)
+		default:
+			bad(p+".protocol", "%q is not supported: use %q or %q", l.Protocol, ProtocolModbus, ProtocolOPCUA)
+		}
+		if err := checkHostPort(l.Listen, true); err != nil {
+			bad(p+".listen", "%v", err)
+		} else {
+			if j, dup := listens[l.Listen]; dup {
+				bad(p+".listen", "%s is also the address of listeners[%d]", l.Listen, j)
+			}
+			listens[l.Listen] = i
+		}
+		if err := checkHostPort(l.Upstream, false); err != nil {
+			bad(p+".upstream", "%v", err)
+		}
+		switch l.DenyAction {
+		case "exception", "reset", "drop":
+		default:
+			bad(p+".deny_action", "%q: use \"exception\", \"reset\" or \"drop\"", l.DenyAction)
+		}
+		if l.MaxConnections < 1 {
+			bad(p+".max_connections", "must be at least 1")
+		} else if l.MaxConnections > c.Limits.MaxConnections {
+			bad(p+".max_connections", "%d is above limits.max_connections (%d)", l.MaxConnections, c.Limits.MaxConnections)
+		}
+		if l.MaxOutstanding < 1 || l.MaxOutstanding > 1024 {
+			bad(p+".max_outstanding", "%d: must be between 1 and 1024", l.MaxOutstanding)
+		}
+		if l.TLS != nil {
+			errs = append(errs, l.TLS.validate(p+".tls")...)
+		}
+		if l.UpstreamTLS != nil {
+			errs = append(errs, l.UpstreamTLS.validate(p+".upstream_tls")...)
+		}
+		if l.OPCUA != nil {
+			if l.Protocol != ProtocolOPCUA {
+				bad(p+".opcua", "only for protocol %q", ProtocolOPCUA)
+			} else {
+				errs = append(errs, l.OPCUA.validate(p+".opcua")...)
+			}
+		}
+	}
+
+	if c.Policy.Path == "" {
+		bad("policy.path", "required: a directory of .rego/.json files or an OPA bundle (.tar.gz)")
+	}
+	if c.Policy.DecisionTimeout <= 0 {
+		bad("policy.decision_timeout", "must be positive")
+	}
+	if c.Audit.File == "" {
+		bad("audit.file", "required: Conduit does not forward without an audit trail")
+	}
+	if c.Limits.MaxConnections < 1 {
+		bad("limits.max_connections", "must be at least 1")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad("log.format", "%q: use json or console", c.Log.Format)
+	}
+	if c.Metrics.Listen != "" {
+		if err := checkHostPort(c.Metrics.Listen, true); err != nil {
+			bad("metrics.listen", "%v", err)
+		}
+	}
+	return errs
+}
+
+func (t *TLS) validate(p string) []*Error {
+	var errs []*Error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &Error{Field: p + field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if t.StepCA != nil {
+		if t.CertFile != "" || t.KeyFile != "" {
+			bad(".step_ca", "set either step_ca or cert_file/key_file, not both")
+		}
+		s := t.StepCA
+		if u, err := url.Parse(s.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			bad(".step_ca.url", "%q: must be an https:// URL", s.URL)
+		}
+		if b, err := hex.DecodeString(s.RootFingerprint); err != nil || len(b) != 32 {
+			bad(".step_ca.root_fingerprint", "must be the SHA-256 fingerprint of the root certificate (64 hex digits)")
+		}
+		if s.Dir == "" {
+			bad(".step_ca.dir", "required: where the obtained certificate and key are kept")
+		}
+	} else {
+		if t.CertFile == "" {
+			bad(".cert_file", "required (or step_ca)")
+		}
+		if t.KeyFile == "" {
+			bad(".key_file", "required (or step_ca)")
+		}
+	}
+	if t.ClientCAFile == "" {
+		bad(".client_ca_file", "required: client certificates are always verified")
+	}
+	if !validTLSVersion(t.MinVersion) {
+		bad(".min_version", "%q: use \"1.3\" or \"1.2\" (older versions are refused)", t.MinVersion)
+	}
+	return errs
+}
+
+func (u *UpstreamTLS) validate(p string) []*Error {
+	var errs []*Error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &Error{Field: p + field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if (u.CertFile == "") != (u.KeyFile == "") {
+		bad(".key_file", "cert_file and key_file go together")
+	}
+	if u.CAFile == "" {
+		bad(".ca_file", "required: the device certificate is always verified")
+	}
+	if !validTLSVersion(u.MinVersion) {
+		bad(".min_version", "%q: use \"1.3\" or \"1.2\"", u.MinVersion)
+	}
+	return errs
+}
+
+func (o *OPCUA) validate(p string) []*Error {
+	var errs []*Error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &Error{Field: p + field, Msg: fmt.Sprintf(format, args...)})
+	}
+	switch o.SecurityMode {
+	case "none", "sign", "sign_and_encrypt":
+	default:
+		bad(".security_mode", "%q: use none, sign or sign_and_encrypt", o.SecurityMode)
+	}
+	if u, err := url.Parse(o.EndpointURL); err != nil || u.Scheme != "opc.tcp" || u.Host == "" {
+		bad(".endpoint_url", "%q: must be an opc.tcp:// URL", o.EndpointURL)
+	}
+	// Part 6, 7.1.2.3: a chunk must be able to hold at least 8192 bytes.
+	if o.MaxChunkSize < 8192 || o.MaxChunkSize > 16<<20 {
+		bad(".max_chunk_size", "%d: must be between 8192 and 16777216", o.MaxChunkSize)
+	}
+	if o.MaxMessageSize < o.MaxChunkSize || o.MaxMessageSize > 256<<20 {
+		bad(".max_message_size", "%d: must be between max_chunk_size and 268435456", o.MaxMessageSize)
+	}
+	if o.MaxChunkCount < 1 || o.MaxChunkCount > 4096 {
+		bad(".max_chunk_count", "%d: must be between 1 and 4096", o.MaxChunkCount)
+	}
+	return errs
+}
+
+func validTLSVersion(v string) bool { return v == "1.2" || v == "1.3" }
+
+func validName(s string) bool {
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// checkHostPort accepts host:port with a numeric port (0 only for listen
+// addresses, where it picks a free port).
+func checkHostPort(addr string, listen bool) error {
+	if addr == "" {
+		return fmt.Errorf("required (host:port)")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: %v", addr, strings.TrimPrefix(err.Error(), "address "+addr+": "))
+	}
+	if !listen && host == "" {
+		return fmt.Errorf("%q: a host is required", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !listen) {
+		return fmt.Errorf("%q: invalid port %q", addr, port)
+	}
+	return nil
+}
