@@ -350,7 +350,7 @@ func (c *Channel) feedAck(dir Direction, d *dirState, m *Message, chunk []byte) 
 // checkSequence enforces Part 6 §6.7.2.4 per direction.
 func (c *Channel) checkSequence(d *dirState, seq uint32) error {
 	if d.seqKnown && !nextSequenceOK(d.seq, seq) {
-		return errorf(CodeInvalidEncoding, "sequence number %d after %d", seq, d.seq)
+		return errorf(CodeSequence, "sequence number %d after %d", seq, d.seq)
 	}
 	d.seq, d.seqKnown = seq, true
 	return nil

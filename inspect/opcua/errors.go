@@ -24,6 +24,7 @@ const (
 	CodeUnknownExtObject  Code = "unknown_extension_object"
 	CodeUnknownService    Code = "unknown_service"       // type id not a standard request (decoded as "other")
 	CodeUnexpectedMessage Code = "unexpected_message"    // message not valid in the channel's state
+	CodeSequence          Code = "bad_sequence_number"   // not the previous number + 1 (Part 6 §6.7.2.4)
 	CodeChannelMismatch   Code = "channel_mismatch"      // secure channel or token id does not match the channel
 	CodeSecurityMismatch  Code = "security_mismatch"     // policy/mode inconsistent with the listener configuration
 	CodeUnsupportedPolicy Code = "unsupported_policy"    // security policy URI not known
@@ -76,6 +77,7 @@ var (
 	ErrUnknownExtObject  = &Error{Code: CodeUnknownExtObject}
 	ErrUnknownService    = &Error{Code: CodeUnknownService}
 	ErrUnexpectedMessage = &Error{Code: CodeUnexpectedMessage}
+	ErrSequence          = &Error{Code: CodeSequence}
 	ErrChannelMismatch   = &Error{Code: CodeChannelMismatch}
 	ErrSecurityMismatch  = &Error{Code: CodeSecurityMismatch}
 	ErrUnsupportedPolicy = &Error{Code: CodeUnsupportedPolicy}

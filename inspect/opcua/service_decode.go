@@ -40,6 +40,12 @@ type Decoder struct {
 	ua      inspect.OPCUA
 	session inspect.OPCUASession
 	r       reader
+	// Scratch slices: the Operation's Writes/Calls/Nodes are nil when empty
+	// (so the policy input always shows null for "none") and reuse these
+	// otherwise.
+	writes []inspect.OPCUAWrite
+	calls  []inspect.OPCUACall
+	nodes  []inspect.OPCUANode
 }
 
 // NewDecoder returns a Decoder with l normalized.
@@ -85,6 +91,7 @@ func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Op
 		// so the proxy can answer with a ServiceFault.
 		info.RequestHandle, info.HasAuthToken = r.requestHeader()
 		info.HeaderOK = r.err == nil
+		d.done()
 		return info, errorf(CodeUnknownService, "request type %s", tid)
 	}
 	info.Service = svc
@@ -101,11 +108,26 @@ func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Op
 			r.walk(f.s, false)
 		}
 	}
+	d.done()
 	return info, r.finish()
 }
 
+// done keeps the capacity of the result slices for the next decode and sets
+// empty ones to nil.
+func (d *Decoder) done() {
+	if d.writes = d.ua.Writes[:0]; len(d.ua.Writes) == 0 {
+		d.ua.Writes = nil
+	}
+	if d.calls = d.ua.Calls[:0]; len(d.ua.Calls) == 0 {
+		d.ua.Calls = nil
+	}
+	if d.nodes = d.ua.Nodes[:0]; len(d.ua.Nodes) == 0 {
+		d.ua.Nodes = nil
+	}
+}
+
 func (d *Decoder) reset(sec ChannelSecurity) {
-	writes, calls, nodes := d.ua.Writes[:0], d.ua.Calls[:0], d.ua.Nodes[:0]
+	writes, calls, nodes := d.writes[:0], d.calls[:0], d.nodes[:0]
 	d.ua = inspect.OPCUA{
 		SecurityMode:         sec.Mode.String(),
 		SecurityPolicy:       sec.Policy,
@@ -129,6 +151,7 @@ func (d *Decoder) FillOpaque(sec ChannelSecurity, op *inspect.Operation) {
 	op.Access = inspect.AccessOther
 	op.Name = "opaque"
 	d.ua.Opaque = true
+	d.done()
 	op.OPCUA = &d.ua
 }
 
