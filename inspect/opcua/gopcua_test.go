@@ -293,10 +293,10 @@ func TestIndependentEncoderActivateSession(t *testing.T) {
 		{ua.NewExtensionObject(nil), inspect.OPCUASession{IdentityType: "anonymous"}},
 	} {
 		req := &ua.ActivateSessionRequest{
-			RequestHeader:     reqHeader(3),
-			ClientSignature:   &ua.SignatureData{},
-			LocaleIDs:         []string{"en"},
-			UserIdentityToken: tc.token,
+			RequestHeader:      reqHeader(3),
+			ClientSignature:    &ua.SignatureData{},
+			LocaleIDs:          []string{"en"},
+			UserIdentityToken:  tc.token,
 			UserTokenSignature: &ua.SignatureData{},
 		}
 		body := withTypeID(t, id.ActivateSessionRequest_Encoding_DefaultBinary, req)
@@ -364,7 +364,9 @@ func respHeader(handle uint32) *ua.ResponseHeader {
 }
 
 func TestRewriteEndpointURLsGopcua(t *testing.T) {
-	rewrite := func(s string) string { return strings.Replace(s, "opc.tcp://plc:4840", "opc.tcp://conduit.example:14840", 1) }
+	rewrite := func(s string) string {
+		return strings.Replace(s, "opc.tcp://plc:4840", "opc.tcp://conduit.example:14840", 1)
+	}
 	cert := bytes.Repeat([]byte{0xAB}, 100000) // forces several chunks
 	t.Run("get_endpoints", func(t *testing.T) {
 		resp := &ua.GetEndpointsResponse{ResponseHeader: respHeader(4), Endpoints: []*ua.EndpointDescription{
