@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/conduit-ot/conduit/inspect"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
@@ -143,12 +144,13 @@ func readSegments(t testing.TB, name string) []segment {
 
 // replayStats is what replaying one capture produced.
 type replayStats struct {
-	requests  map[string]int // "flow/typeid" -> count of decoded requests
-	responses map[string]int // "flow/typeid" -> count of responses
-	types     map[string]int // "flow/TYPE" -> count of complete messages
-	opaque    map[int]int    // flow -> opaque messages
-	bodies    [][]byte       // every complete request body (copies)
-	chunks    [][]byte       // every chunk (copies), for fuzz seeds
+	requests  map[string]int       // "flow/typeid" -> count of decoded requests
+	responses map[string]int       // "flow/typeid" -> count of responses
+	types     map[string]int       // "flow/TYPE" -> count of complete messages
+	opaque    map[int]int          // flow -> opaque messages
+	bodies    [][]byte             // every complete readable request body (copies)
+	ops       []*inspect.Operation // every complete client→server message, decoded (clones)
+	chunks    [][]byte             // every chunk (copies), for fuzz seeds
 	errors    []string
 	gapFlows  map[int]bool
 }
@@ -213,9 +215,17 @@ func replay(t testing.TB, name string, cfg func(flow int) Config) replayStats {
 			}
 			if msg.Complete {
 				st.types[fmt.Sprintf("%d/%s", seg.flow, msg.Type)]++
-				switch {
-				case msg.Opaque:
+				if msg.Opaque {
 					st.opaque[seg.flow]++
+				}
+				switch {
+				case msg.Opaque && dir == ClientToServer:
+					var op opTest
+					if _, err := f.ch.Decode(msg, &op.Operation); err != nil {
+						st.errors = append(st.errors, fmt.Sprintf("flow %d opaque: %v", seg.flow, err))
+					}
+					st.ops = append(st.ops, op.Clone())
+				case msg.Opaque:
 				case msg.Aborted || !msg.Type.Secure():
 				case dir == ClientToServer:
 					var op opTest
@@ -224,6 +234,7 @@ func replay(t testing.TB, name string, cfg func(flow int) Config) replayStats {
 						st.errors = append(st.errors, fmt.Sprintf("flow %d decode type %d: %v", seg.flow, info.TypeID, err))
 					}
 					st.requests[fmt.Sprintf("%d/%d", seg.flow, info.TypeID)]++
+					st.ops = append(st.ops, op.Clone())
 					st.bodies = append(st.bodies, append([]byte(nil), msg.Body...))
 				default:
 					tid, err := ResponseTypeID(msg.Body)

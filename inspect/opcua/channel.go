@@ -622,7 +622,7 @@ func (c *Channel) feedSymmetric(dir Direction, d *dirState, m *Message, h Header
 			p = c.acquire(d)
 			d.partials[m.RequestID] = p
 		}
-		if perr := c.appendChunk(d, p, chunk, len(body)); perr != nil {
+		if perr := c.appendChunk(d, p, chunk, len(body), false); perr != nil {
 			return c.fail(perr)
 		}
 		return m, nil
@@ -638,7 +638,7 @@ func (c *Channel) feedSymmetric(dir Direction, d *dirState, m *Message, h Header
 		m.Complete = true
 		return m, nil
 	}
-	if perr := c.appendChunk(d, p, chunk, len(body)); perr != nil {
+	if perr := c.appendChunk(d, p, chunk, len(body), true); perr != nil {
 		return c.fail(perr)
 	}
 	d.body = d.body[:0]
@@ -658,8 +658,11 @@ func (c *Channel) feedSymmetric(dir Direction, d *dirState, m *Message, h Header
 	return m, nil
 }
 
-func (c *Channel) appendChunk(d *dirState, p *partial, chunk []byte, bodyLen int) *Error {
-	if uint32(len(p.ends))+1 > d.maxChunks {
+func (c *Channel) appendChunk(d *dirState, p *partial, chunk []byte, bodyLen int, final bool) *Error {
+	n := uint32(len(p.ends)) + 1
+	// An intermediate chunk that reaches the limit leaves no room for the
+	// final one: refuse it now rather than buffer it.
+	if n > d.maxChunks || (!final && n >= d.maxChunks) {
 		return errorf(CodeChunkCount, "more than %d chunks in one message", d.maxChunks)
 	}
 	if uint64(p.bodyLen)+uint64(bodyLen) > uint64(d.maxMessage) {
