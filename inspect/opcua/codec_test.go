@@ -197,15 +197,21 @@ func TestClamp(t *testing.T) {
 	}
 }
 
-// session feeds the real node-opcua handshake into a Channel.
+// handshake is the real node-opcua handshake: HEL, ACK, OPN, OPN response.
+var handshake = func() [4][]byte {
+	var h [4][]byte
+	for i, s := range []string{helloHex, ackHex, openHex, openRespHex} {
+		h[i] = unhex(nil, s)
+	}
+	return h
+}()
+
+// session feeds the handshake into a new Channel.
 func session(t testing.TB, cfg Config) *Channel {
 	t.Helper()
 	c := NewChannel(cfg)
-	for _, step := range []struct {
-		dir Direction
-		hex string
-	}{{ClientToServer, helloHex}, {ServerToClient, ackHex}, {ClientToServer, openHex}, {ServerToClient, openRespHex}} {
-		if _, err := c.Feed(step.dir, unhex(t, step.hex)); err != nil {
+	for i, dir := range []Direction{ClientToServer, ServerToClient, ClientToServer, ServerToClient} {
+		if _, err := c.Feed(dir, append([]byte(nil), handshake[i]...)); err != nil {
 			t.Fatalf("handshake: %v", err)
 		}
 	}

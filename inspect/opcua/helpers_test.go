@@ -13,7 +13,6 @@ type opTest struct{ inspect.Operation }
 // unhex decodes annotated hex: on each line everything after "//" is a
 // comment, whitespace is ignored.
 func unhex(t testing.TB, s string) []byte {
-	t.Helper()
 	var b strings.Builder
 	for _, line := range strings.Split(s, "\n") {
 		if i := strings.Index(line, "//"); i >= 0 {
@@ -23,6 +22,9 @@ func unhex(t testing.TB, s string) []byte {
 	}
 	out, err := hex.DecodeString(b.String())
 	if err != nil {
+		if t == nil {
+			panic(err)
+		}
 		t.Fatalf("bad hex: %v", err)
 	}
 	return out
