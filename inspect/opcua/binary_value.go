@@ -313,16 +313,21 @@ func (r *reader) variant(build bool) (any, string) {
 	if build && nd > 0 {
 		dims = make([]int, 0, nd)
 	}
-	total := int64(1)
+	// The product of the dimensions must equal the element count. Each
+	// factor is checked before the next multiplication (total <= n < 2^31,
+	// d < 2^31: no overflow), and a zero dimension makes the product 0.
+	total, tooBig, zero := int64(1), false, false
 	for i := 0; i < nd && r.err == nil; i++ {
 		d := r.i32()
 		if d < 0 {
 			r.fail(CodeInvalidEncoding, "negative dimension %d at offset %d", d, r.pos-4)
 			return nil, ""
 		}
-		total *= int64(d)
-		if total > int64(max(n, 0)) && d != 0 {
-			total = math.MaxInt64 // stays > n: no overflow on later multiplications
+		if d == 0 {
+			zero = true
+		} else if !tooBig {
+			total *= int64(d)
+			tooBig = total > int64(max(n, 0))
 		}
 		if build {
 			dims = append(dims, int(d))
@@ -331,12 +336,21 @@ func (r *reader) variant(build bool) (any, string) {
 	if r.err != nil {
 		return nil, ""
 	}
-	if nd <= 0 || total != int64(max(n, 0)) {
+	product := !tooBig && !zero && total == int64(max(n, 0))
+	if zero {
+		product = n <= 0
+	}
+	if nd <= 0 || !product {
 		r.fail(CodeInvalidEncoding, "variant dimensions (%d of them) do not multiply to %d elements", nd, n)
 		return nil, ""
 	}
 	if !build {
 		return nil, name
+	}
+	if n <= 0 {
+		// An empty matrix: never reshape by dimensions that hold no
+		// elements (one of them may be huge).
+		return []any{}, name
 	}
 	return reshape(a, dims), name
 }

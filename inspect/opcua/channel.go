@@ -2,6 +2,7 @@ package opcua
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"time"
 
 	"github.com/conduit-ot/conduit/inspect"
@@ -135,6 +136,7 @@ type Channel struct {
 	sigSize int
 	subject string
 	thumb   string
+	rcvrTP  string
 
 	dirs [2]dirState
 }
@@ -195,6 +197,11 @@ func (c *Channel) Security() ChannelSecurity {
 // SecureChannelID and TokenID return the current ids (0 until known).
 func (c *Channel) SecureChannelID() uint32 { return c.channelID }
 func (c *Channel) TokenID() uint32         { return c.tokenID }
+
+// ReceiverThumbprint returns the ReceiverCertificateThumbprint of the
+// client's OPN (SHA-1 of the server certificate the client encrypted for,
+// lowercase hex; "" under None).
+func (c *Channel) ReceiverThumbprint() string { return c.rcvrTP }
 
 // Err returns the error that poisoned the Channel, if any.
 func (c *Channel) Err() error { return c.err }
@@ -386,6 +393,7 @@ func (c *Channel) feedOpen(dir Direction, d *dirState, m *Message, chunk []byte)
 				return c.fail(err)
 			}
 			c.subject, c.thumb = subject, thumb
+			c.rcvrTP = hex.EncodeToString(ah.ReceiverCertificateThumbprint)
 		}
 	} else {
 		if ah.SecureChannelID == 0 {

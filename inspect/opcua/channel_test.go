@@ -481,6 +481,9 @@ func TestSignAndEncryptCaptureIsOpaque(t *testing.T) {
 	if thumb != hex.EncodeToString(sum[:]) {
 		t.Errorf("thumbprint %s", thumb)
 	}
+	if len(ah.ReceiverCertificateThumbprint) != 20 {
+		t.Errorf("receiver thumbprint % x", ah.ReceiverCertificateThumbprint)
+	}
 	var opaque int
 	for _, op := range st.ops {
 		u := op.OPCUA

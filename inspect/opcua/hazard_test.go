@@ -3,6 +3,7 @@ package opcua
 import (
 	"encoding/binary"
 	"errors"
+	"reflect"
 	"runtime"
 	"testing"
 )
@@ -72,6 +73,7 @@ func TestHazardDeclaredCounts(t *testing.T) {
 		{"variant bytestring length 2^30", writeOfValue(t, "01 0f 00000040"), ErrTruncated},
 		{"matrix dimension count 2^31-1", writeOfValue(t, "01 c6 01000000 07000000 ffffff7f"), ErrArrayTooLong},
 		{"matrix dims overflow past length", writeOfValue(t, "01 c6 01000000 07000000 02000000 00000100 00000100"), ErrInvalidEncoding},
+		{"empty matrix with a huge dimension decodes small", writeOfValue(t, "01 c6 00000000 02000000 ffffff7f 00000000"), nil},
 		{"matrix negative dimension", writeOfValue(t, "01 c6 01000000 07000000 01000000 ffffffff"), ErrInvalidEncoding},
 		{"extension object length 2^31-1", writeOfValue(t, "01 16 0100 5801 01 ffffff7f"), ErrTruncated},
 		{"nested variants deeper than MaxDepth", writeOfValue(t, deep), ErrDepthExceeded},
@@ -84,7 +86,7 @@ func TestHazardDeclaredCounts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var op opTest
 			_, err := d.DecodeRequest(tc.body, ChannelSecurity{}, &op.Operation)
-			if !errors.Is(err, tc.want) {
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
 				t.Fatalf("error %v, want %v", err, tc.want)
 			}
 			// The declared sizes are refused before anything is
@@ -124,5 +126,18 @@ func TestDepthLimitBoundary(t *testing.T) {
 	}
 	if levels != DefaultMaxDepth-2 || v != int64(1) {
 		t.Errorf("nested %d levels to %v", levels, v)
+	}
+}
+
+func TestMatrixReshape(t *testing.T) {
+	d := NewDecoder(Limits{})
+	var op opTest
+	body := writeOfValue(t, "01 c6 06000000 01000000 02000000 03000000 04000000 05000000 06000000 02000000 02000000 03000000")
+	if _, err := d.DecodeRequest(body, ChannelSecurity{}, &op.Operation); err != nil {
+		t.Fatal(err)
+	}
+	want := []any{[]any{int64(1), int64(2), int64(3)}, []any{int64(4), int64(5), int64(6)}}
+	if w := op.OPCUA.Writes[0]; !reflect.DeepEqual(w.Value, want) || w.Type != "Int32" {
+		t.Errorf("matrix %#v %s", w.Value, w.Type)
 	}
 }
