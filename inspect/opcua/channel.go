@@ -214,7 +214,7 @@ func (c *Channel) Decode(msg *Message, op *inspect.Operation) (RequestInfo, erro
 		return RequestInfo{}, errorf(CodeUnexpectedMessage, "no complete request to decode")
 	}
 	if msg.Opaque {
-		c.FillOpaque(c.Security(), op)
+		c.FillOpaque(msg.Type, c.Security(), op)
 		return RequestInfo{}, nil
 	}
 	return c.DecodeRequest(msg.Body, c.Security(), op)

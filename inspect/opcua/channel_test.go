@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -485,19 +486,26 @@ func TestSignAndEncryptCaptureIsOpaque(t *testing.T) {
 		t.Errorf("receiver thumbprint % x", ah.ReceiverCertificateThumbprint)
 	}
 	var opaque int
+	names := map[string]int{}
 	for _, op := range st.ops {
 		u := op.OPCUA
 		if !u.Opaque {
 			continue
 		}
 		opaque++
-		if op.Access != inspect.AccessOther || op.Name != "opaque" || u.SecurityMode != "sign_and_encrypt" ||
-			u.SecurityPolicy != PolicyBasic128Rsa15 || u.ClientCertSubject != subject || u.ClientCertThumbprint != thumb || u.TypeID != 0 {
+		names[op.Name]++
+		if op.Access != inspect.AccessOther || u.SecurityMode != "sign_and_encrypt" ||
+			u.SecurityPolicy != PolicyBasic128Rsa15 || u.ClientCertSubject != subject || u.ClientCertThumbprint != thumb {
 			t.Errorf("opaque op %+v %+v", op, u)
 		}
+		if (op.Name == "opaque") != (u.TypeID == 0) {
+			t.Errorf("opaque %s with type id %d", op.Name, u.TypeID)
+		}
 	}
-	if opaque == 0 {
-		t.Error("no opaque request")
+	// Client side of flow 1: 1 OPN, 4 MSG requests, 1 CLO (tshark: 2 OPN,
+	// 8 MSG, 1 CLO in both directions).
+	if want := map[string]int{"open_secure_channel": 1, "opaque": 4, "close_secure_channel": 1}; opaque != 6 || !reflect.DeepEqual(names, want) {
+		t.Errorf("opaque requests %v", names)
 	}
 	t.Logf("client certificate %q sha1 %s", subject, thumb)
 }

@@ -142,14 +142,26 @@ func (d *Decoder) reset(sec ChannelSecurity) {
 }
 
 // FillOpaque fills op for a message whose body cannot be read
-// (SignAndEncrypt): Access other, Name "opaque", Opaque true, with what the
-// channel shows in clear.
-func (d *Decoder) FillOpaque(sec ChannelSecurity, op *inspect.Operation) {
+// (SignAndEncrypt, or any OPN under a policy other than None): Opaque true,
+// Access other, with what the channel shows in clear. The message type
+// still names the service of OPN ("open_secure_channel") and CLO
+// ("close_secure_channel"); an encrypted MSG is Name "opaque", TypeID 0.
+func (d *Decoder) FillOpaque(t MessageType, sec ChannelSecurity, op *inspect.Operation) {
 	d.reset(sec)
 	op.Reset()
 	op.Protocol = inspect.ProtocolOPCUA
 	op.Access = inspect.AccessOther
 	op.Name = "opaque"
+	var svc *Service
+	switch t {
+	case MessageOpen:
+		svc = serviceByID[id.OpenSecureChannelRequest_Encoding_DefaultBinary]
+	case MessageClose:
+		svc = serviceByID[id.CloseSecureChannelRequest_Encoding_DefaultBinary]
+	}
+	if svc != nil {
+		op.Name, d.ua.Service, d.ua.TypeID = svc.OpName, svc.Name, svc.TypeID
+	}
 	d.ua.Opaque = true
 	d.done()
 	op.OPCUA = &d.ua
