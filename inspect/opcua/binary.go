@@ -18,6 +18,10 @@ type reader struct {
 	depth    int
 	maxArray int
 	maxDepth int
+	// values is what is left of the budget of values built for the
+	// Operation (MaxValues): it bounds the memory a small encoding can
+	// expand to (a 7-byte ExtensionObject becomes a map).
+	values int
 	// urls, when non-nil, collects the byte spans of strings marked as
 	// endpoint URLs in the schemas (see RewriteEndpointURLs).
 	urls *[]span
@@ -32,8 +36,11 @@ func newReader(b []byte, l *Limits) *reader {
 }
 
 func (r *reader) init(b []byte, l *Limits) {
-	*r = reader{b: b, maxArray: DefaultMaxArrayLength, maxDepth: DefaultMaxDepth}
+	*r = reader{b: b, maxArray: DefaultMaxArrayLength, maxDepth: DefaultMaxDepth, values: DefaultMaxValues}
 	if l != nil {
+		if l.MaxValues > 0 {
+			r.values = l.MaxValues
+		}
 		if l.MaxArrayLength > 0 {
 			r.maxArray = l.MaxArrayLength
 		}
@@ -46,7 +53,25 @@ func (r *reader) init(b []byte, l *Limits) {
 // sub returns a reader over b that shares r's limits, depth and url
 // collection (offsets shifted by base).
 func (r *reader) sub(b []byte) reader {
-	return reader{b: b, depth: r.depth, maxArray: r.maxArray, maxDepth: r.maxDepth}
+	return reader{b: b, depth: r.depth, maxArray: r.maxArray, maxDepth: r.maxDepth, values: r.values}
+}
+
+// join takes over the state a sub-reader shares with its parent.
+func (r *reader) join(s *reader) {
+	r.values = s.values
+	if s.err != nil && r.err == nil {
+		r.err = s.err
+	}
+}
+
+// spend takes one value from the budget.
+func (r *reader) spend() bool {
+	r.values--
+	if r.values < 0 {
+		r.fail(CodeTooManyValues, "more than the allowed number of decoded values")
+		return false
+	}
+	return r.err == nil
 }
 
 func (r *reader) fail(code Code, format string, args ...any) {

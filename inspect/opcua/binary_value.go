@@ -49,6 +49,9 @@ func (r *reader) walk(s *schema, build bool) any {
 	switch s.kind {
 	case kStruct:
 		var m map[string]any
+		if build && !r.spend() {
+			return nil
+		}
 		if build {
 			m = make(map[string]any, len(s.fields))
 		}
@@ -64,7 +67,7 @@ func (r *reader) walk(s *schema, build bool) any {
 		return nil
 	case kArray:
 		n := r.count(s.elem.min)
-		if n < 0 || r.err != nil {
+		if n < 0 || r.err != nil || (build && !r.spend()) {
 			return nil
 		}
 		var a []any
@@ -90,6 +93,9 @@ func (r *reader) walk(s *schema, build bool) any {
 
 // builtin reads one built-in value (Part 6 §5.2.2).
 func (r *reader) builtin(k kind, build bool) any {
+	if build && !r.spend() {
+		return nil
+	}
 	switch k {
 	case kBoolean:
 		return r.boolean()
@@ -509,8 +515,11 @@ func (r *reader) extensionObject(build bool) any {
 	}
 	sub := r.sub(body)
 	v := sub.walk(s, build)
-	if err := sub.finish(); err != nil {
+	if err := sub.finish(); err != nil && r.err == nil {
 		r.err = err
+	}
+	r.join(&sub)
+	if r.err != nil {
 		return nil
 	}
 	if !build {

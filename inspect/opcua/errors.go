@@ -21,6 +21,7 @@ const (
 	CodeInvalidEncoding   Code = "invalid_encoding" // a field violates Part 6 encoding rules
 	CodeArrayTooLong      Code = "array_too_long"   // declared count exceeds the bytes left or MaxArrayLength
 	CodeDepthExceeded     Code = "depth_exceeded"   // nesting deeper than MaxDepth
+	CodeTooManyValues     Code = "limit_values"     // more decoded values than MaxValues
 	CodeUnknownExtObject  Code = "unknown_extension_object"
 	CodeUnknownService    Code = "unknown_service"       // type id not a standard request (decoded as "other")
 	CodeUnexpectedMessage Code = "unexpected_message"    // message not valid in the channel's state
@@ -74,6 +75,7 @@ var (
 	ErrInvalidEncoding   = &Error{Code: CodeInvalidEncoding}
 	ErrArrayTooLong      = &Error{Code: CodeArrayTooLong}
 	ErrDepthExceeded     = &Error{Code: CodeDepthExceeded}
+	ErrTooManyValues     = &Error{Code: CodeTooManyValues}
 	ErrUnknownExtObject  = &Error{Code: CodeUnknownExtObject}
 	ErrUnknownService    = &Error{Code: CodeUnknownService}
 	ErrUnexpectedMessage = &Error{Code: CodeUnexpectedMessage}

@@ -2,6 +2,7 @@ package opcua
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"reflect"
 	"runtime"
@@ -139,5 +140,33 @@ func TestMatrixReshape(t *testing.T) {
 	want := []any{[]any{int64(1), int64(2), int64(3)}, []any{int64(4), int64(5), int64(6)}}
 	if w := op.OPCUA.Writes[0]; !reflect.DeepEqual(w.Value, want) || w.Type != "Int32" {
 		t.Errorf("matrix %#v %s", w.Value, w.Type)
+	}
+}
+
+// A Write whose value is 60000 small ExtensionObjects (Range, 23 bytes
+// each) would expand to 60000 maps: the value budget stops it early.
+func TestValueBudget(t *testing.T) {
+	elem := unhex(t, "0100 7603 01 10000000 0000000000000000 000000000000f03f") // Range i=886, Low 0, High 1
+	dv := "01 96 " + hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, 60000))
+	body := writeOfValue(t, dv)
+	for i := 0; i < 60000; i++ {
+		body = append(body, elem...)
+	}
+	d := NewDecoder(Limits{})
+	var op opTest
+	if _, err := d.DecodeRequest(body, ChannelSecurity{}, &op.Operation); !errors.Is(err, ErrTooManyValues) {
+		t.Fatalf("error %v", err)
+	}
+	if n := allocBytes(func() { d.DecodeRequest(body, ChannelSecurity{}, &op.Operation) }); n > 16<<20 {
+		t.Errorf("allocated %d bytes", n)
+	}
+	// Within the budget it decodes.
+	small := writeOfValue(t, "01 96 02000000")
+	small = append(append(small, elem...), elem...)
+	if _, err := d.DecodeRequest(small, ChannelSecurity{}, &op.Operation); err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := op.OPCUA.Writes[0].Value.([]any); !ok || len(a) != 2 || op.OPCUA.Writes[0].Type != "ExtensionObject" {
+		t.Errorf("value %#v", op.OPCUA.Writes[0].Value)
 	}
 }

@@ -27,6 +27,7 @@ const (
 	DefaultMessageTimeout  = 30 * time.Second
 	DefaultMaxArrayLength  = 65535
 	DefaultMaxDepth        = 10
+	DefaultMaxValues       = 65536
 	// MaxChunkSizeCeiling caps any configured chunk size; a chunk buffer
 	// larger than this is never allocated.
 	MaxChunkSizeCeiling = 16 << 20
@@ -54,6 +55,10 @@ type Limits struct {
 	// MaxDepth caps nesting of Variant, DataValue, ExtensionObject and
 	// DiagnosticInfo inside one another.
 	MaxDepth int
+	// MaxValues caps the values (each scalar, array, structure) decoded
+	// into one Operation's Writes/Calls, bounding how much memory a small
+	// message can expand to.
+	MaxValues int
 }
 
 // DefaultLimits returns the defaults.
@@ -66,6 +71,7 @@ func DefaultLimits() Limits {
 		MessageTimeout:  DefaultMessageTimeout,
 		MaxArrayLength:  DefaultMaxArrayLength,
 		MaxDepth:        DefaultMaxDepth,
+		MaxValues:       DefaultMaxValues,
 	}
 }
 
@@ -96,6 +102,9 @@ func (l Limits) Normalize() Limits {
 	}
 	if l.MaxDepth <= 0 {
 		l.MaxDepth = d.MaxDepth
+	}
+	if l.MaxValues <= 0 {
+		l.MaxValues = d.MaxValues
 	}
 	return l
 }

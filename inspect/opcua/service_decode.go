@@ -442,9 +442,10 @@ func decodeHistoryUpdate(d *Decoder, r *reader) {
 		default:
 			sub.fail(CodeUnknownExtObject, "history update detail %s", typeID)
 		}
-		if err := sub.finish(); err != nil {
+		if err := sub.finish(); err != nil && r.err == nil {
 			r.err = err
 		}
+		r.join(&sub)
 		r.leave()
 	}
 }
@@ -516,7 +517,8 @@ func (d *Decoder) identityToken(r *reader, typeID NodeID, body []byte) {
 	default:
 		sub.fail(CodeUnknownExtObject, "identity token %s", typeID)
 	}
-	if err := sub.finish(); err != nil {
+	if err := sub.finish(); err != nil && r.err == nil {
 		r.err = err
 	}
+	r.join(&sub)
 }
