@@ -80,24 +80,9 @@ type AsymmetricHeader struct {
 	ReceiverCertificateThumbprint []byte
 }
 
-// SymmetricHeader is the security header of MSG and CLO chunks (Part 6
-// §6.7.2.4 Table 45).
-type SymmetricHeader struct {
-	SecureChannelID uint32
-	TokenID         uint32
-}
-
-// SequenceHeader precedes the body of every secure chunk (Part 6 §6.7.2.4
-// Table 46); it is encrypted under SignAndEncrypt.
-type SequenceHeader struct {
-	SequenceNumber uint32
-	RequestID      uint32
-}
-
-// maxCertificateSize bounds the sender certificate (chain) of an OPN; a
-// chunk is already bounded by MaxChunkSize, this only makes a malformed
-// length fail early with a clear reason.
-const maxThumbprintSize = 20
+// thumbprintSize is the size of a SHA-1 certificate thumbprint (Part 6
+// §6.7.2.3: ReceiverCertificateThumbprint is null or 20 bytes).
+const thumbprintSize = 20
 
 // ParseAsymmetricHeader reads the asymmetric header that follows the message
 // header of an OPN chunk and returns it and the offset of what follows.
@@ -117,7 +102,7 @@ func ParseAsymmetricHeader(chunk []byte) (AsymmetricHeader, int, error) {
 	h.SecurityPolicyURI = uri
 	h.SenderCertificate, _ = r.byteString()
 	h.ReceiverCertificateThumbprint, _ = r.byteString()
-	if r.err == nil && len(h.ReceiverCertificateThumbprint) != 0 && len(h.ReceiverCertificateThumbprint) != maxThumbprintSize {
+	if r.err == nil && len(h.ReceiverCertificateThumbprint) != 0 && len(h.ReceiverCertificateThumbprint) != thumbprintSize {
 		r.fail(CodeInvalidEncoding, "receiver thumbprint of %d bytes", len(h.ReceiverCertificateThumbprint))
 	}
 	return h, r.pos, r.err
