@@ -206,11 +206,12 @@ func (c *Channel) ReceiverThumbprint() string { return c.rcvrTP }
 // Err returns the error that poisoned the Channel, if any.
 func (c *Channel) Err() error { return c.err }
 
-// Decode decodes a complete client→server message returned by Feed into op
-// (see Decoder.DecodeRequest); an opaque message fills op as opaque and
-// returns ErrOpaque only if the message is not complete.
+// Decode decodes a complete client→server OPN, MSG or CLO returned by Feed
+// into op (see Decoder.DecodeRequest). An opaque message fills op with
+// Opaque true (see Decoder.FillOpaque) and no error; anything else (an
+// intermediate or aborted chunk, a HEL, a response) is ErrUnexpectedMessage.
 func (c *Channel) Decode(msg *Message, op *inspect.Operation) (RequestInfo, error) {
-	if msg == nil || !msg.Complete || msg.Aborted || !msg.Type.Secure() {
+	if msg == nil || !msg.Complete || msg.Aborted || !msg.Type.Secure() || msg.Direction != ClientToServer {
 		return RequestInfo{}, errorf(CodeUnexpectedMessage, "no complete request to decode")
 	}
 	if msg.Opaque {
