@@ -81,4 +81,6 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	// Hazards for the service decoder.
 	write("FuzzDecodeService", "hazard_write_2_29", hazardWrite(t, 1<<29))
 	write("FuzzDecodeService", "hazard_write_2_31", hazardWrite(t, 1<<31-1))
+	write("FuzzDecodeService", "hazard_empty_matrix_huge_dimension", writeOfValue(t, "01 c6 00000000 02000000 ffffff7f 00000000"))
+	write("FuzzDecodeService", "matrix_2x3", writeOfValue(t, "01 c6 06000000 01000000 02000000 03000000 04000000 05000000 06000000 02000000 02000000 03000000"))
 }
