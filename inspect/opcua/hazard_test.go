@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"runtime"
 	"testing"
+
+	"github.com/conduit-ot/conduit/inspect"
 )
 
 // requestHeader29 is a minimal RequestHeader (29 bytes): null token,
@@ -168,5 +170,19 @@ func TestValueBudget(t *testing.T) {
 	}
 	if a, ok := op.OPCUA.Writes[0].Value.([]any); !ok || len(a) != 2 || op.OPCUA.Writes[0].Type != "ExtensionObject" {
 		t.Errorf("value %#v", op.OPCUA.Writes[0].Value)
+	}
+}
+
+func TestErrorLeavesNoPartialLists(t *testing.T) {
+	// Two WriteValues, the second truncated.
+	body := unhex(t, "0100a102"+requestHeader29+`
+02000000
+0001 0d000000 ffffffff 01 06 01000000
+0001 0d000000 ffffffff 01 06 0100`)
+	d := NewDecoder(Limits{})
+	var op opTest
+	_, err := d.DecodeRequest(body, ChannelSecurity{}, &op.Operation)
+	if err == nil || op.OPCUA.Writes != nil || op.Name != "write" || op.Access != inspect.AccessWrite {
+		t.Errorf("err %v op %+v writes %v", err, op.Operation, op.OPCUA.Writes)
 	}
 }

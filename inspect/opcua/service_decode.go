@@ -60,7 +60,8 @@ func NewDecoder(l Limits) *Decoder {
 // bytes left and nesting bounded: any trailing byte, unknown
 // ExtensionObject, invalid encoding or limit is an error. On error op is
 // still filled as far as known (Service, Name, Access of the type id), so
-// the proxy can deny and audit it; an unknown type id yields Access other,
+// the proxy can deny and audit it, but Writes, Calls, Nodes and Session are
+// nil (never a partial list); an unknown type id yields Access other,
 // Name "unknown_service" and ErrUnknownService.
 func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Operation) (RequestInfo, error) {
 	var info RequestInfo
@@ -109,7 +110,13 @@ func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Op
 		}
 	}
 	d.done()
-	return info, r.finish()
+	err := r.finish()
+	if err != nil {
+		// Never leave a half-decoded list where a caller could mistake it
+		// for the whole request: on error only the service is known.
+		d.ua.Writes, d.ua.Calls, d.ua.Nodes, d.ua.Session = nil, nil, nil, nil
+	}
+	return info, err
 }
 
 // done keeps the capacity of the result slices for the next decode and sets
