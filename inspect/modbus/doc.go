@@ -37,6 +37,23 @@
 // Every error carries a short stable reason code (the Reason* constants),
 // usable as an audit reason and a metric label; ReasonOf extracts it.
 //
+// Requests are checked in the order of the spec's per-function state
+// diagrams: function (01), then quantities, values and byte counts (03),
+// then addresses (02). A *ProtocolError carries:
+//
+//	01 ILLEGAL FUNCTION      invalid_function (0, 128-255), unknown_subfunction (FC 8: 5-9, 19, 21-65535),
+//	                         unknown_mei_type (FC 43: 0-12, 15-255; spec Annex A)
+//	03 ILLEGAL DATA VALUE    bad_quantity, byte_count_mismatch, bad_value, bad_device_id_code,
+//	                         bad_byte_count, bad_record_length
+//	02 ILLEGAL DATA ADDRESS  address_overflow, bad_reference_type, bad_file_number, bad_record_number
+//
+// Reserved, user-defined and unassigned function codes (e.g. 65, 90 UMAS)
+// are not errors: they decode as opaque requests (Operation: AccessOther,
+// "unknown_function") so that the policy sees them and, by default, denies
+// them; FC 43/13 (CANopen) is opaque in the same way. When a policy allows
+// one, Append forwards exactly the function code and the bytes the MBAP
+// length covered.
+//
 // # Memory
 //
 // Decoding is zero-copy: Request.Data and Response.Data are sub-slices of

@@ -370,7 +370,10 @@ func (r *Request) ExpectsResponse() bool {
 
 // Append validates r with the same rules as Decode and appends its ADU to
 // dst. The MBAP length is computed, never copied. With a dst of capacity
-// MaxADULen it does not allocate. On error dst is returned unchanged.
+// MaxADULen it does not allocate. On error — a *ProtocolError for a rule a
+// device would refuse, a *FramingError when the fields cannot make a PDU of
+// the implied length (FC 8 data size, more than 253 bytes) — dst is
+// returned unchanged.
 //
 // For every request Decode accepts, Append reproduces the input bytes
 // exactly, except that unused bits of the last FC 15 coil byte are written
