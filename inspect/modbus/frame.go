@@ -121,6 +121,11 @@ func (f *Framer) Reset(r io.Reader) {
 // returned as part of a frame.
 func (f *Framer) Buffered() int { return f.end - f.start }
 
+// Pending returns those bytes — after a framing error, the header that was
+// refused and whatever came with it — for an audit record. It aliases the
+// buffer: valid until the next call to Next or Reset; copy to retain.
+func (f *Framer) Pending() []byte { return f.buf[f.start:f.end] }
+
 // Next returns the next whole ADU (MBAP header and PDU). The slice aliases
 // the Framer's buffer and is valid until the next call to Next or Reset;
 // copy to retain.

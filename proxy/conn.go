@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/pki"
+)
+
+// Conn is one client connection and, once dialed, its upstream connection.
+// The protocol handler owns the reading; Conn owns closing, draining, the
+// client write lock and the audit fields every event of the connection
+// shares.
+type Conn struct {
+	l          *Listener
+	id         uint64
+	client     net.Conn // *tls.Conn when TLS is on
+	tcp        *net.TCPConn
+	src, dst   netip.AddrPort
+	identity   *pki.Identity
+	tlsVersion string
+	start      time.Time
+
+	drainCh   chan struct{}
+	drainOnce sync.Once
+	closeOnce sync.Once
+	reason    atomic.Pointer[string]
+
+	wmu sync.Mutex // serializes writes to the client
+
+	upMu     sync.Mutex
+	upstream net.Conn
+}
+
+// startDrain asks the handler to stop reading new requests and finish the
+// ones in flight: the pending read returns at once.
+func (c *Conn) startDrain() {
+	c.drainOnce.Do(func() {
+		close(c.drainCh)
+		c.client.SetReadDeadline(time.Now())
+	})
+}
+
+func (c *Conn) draining() bool {
+	select {
+	case <-c.drainCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// close closes both sides; the first reason given is the one audited.
+func (c *Conn) close(reason string) {
+	c.closeOnce.Do(func() {
+		c.reason.Store(&reason)
+		c.client.Close()
+		c.upMu.Lock()
+		if c.upstream != nil {
+			c.upstream.Close()
+		}
+		c.upMu.Unlock()
+	})
+}
+
+// reset closes the client connection with a TCP reset (deny action
+// "reset").
+func (c *Conn) reset(reason string) {
+	if c.tcp != nil {
+		c.tcp.SetLinger(0)
+	}
+	c.close(reason)
+}
+
+func (c *Conn) closedReason() string {
+	if r := c.reason.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// writeClient writes one whole frame to the client. Writes come from the
+// request reader (refusals) and the response reader (answers), so they are
+// serialized; a client that stops reading is cut off after the response
+// timeout instead of blocking the connection forever.
+func (c *Conn) writeClient(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.client.SetWriteDeadline(time.Now().Add(c.l.cfg.Timeouts.Response.D()))
+	_, err := c.client.Write(b)
+	return err
+}
+
+// dial connects to the device under the connect timeout, with TLS when the
+// listener has upstream_tls. The connection is registered so close() also
+// closes it.
+func (c *Conn) dial() (net.Conn, error) {
+	l := c.l
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Connect.D())
+	defer cancel()
+	var up net.Conn
+	var err error
+	if l.opts.Dial != nil {
+		up, err = l.opts.Dial(ctx)
+	} else {
+		var d net.Dialer
+		up, err = d.DialContext(ctx, "tcp", l.cfg.Upstream)
+		if err == nil && l.opts.UpstreamTLS != nil {
+			tc := tls.Client(up, l.opts.UpstreamTLS)
+			if err = tc.HandshakeContext(ctx); err != nil {
+				up.Close()
+			} else {
+				up = tc
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ap := addrPort(up.RemoteAddr()); ap.IsValid() {
+		c.dst = ap
+	}
+	c.upMu.Lock()
+	defer c.upMu.Unlock()
+	if c.closedReason() != "" {
+		up.Close()
+		return nil, net.ErrClosed
+	}
+	if c.upstream != nil {
+		c.upstream.Close()
+	}
+	c.upstream = up
+	return up, nil
+}
+
+// dropUpstream closes the upstream connection after a failure; the next
+// forwarded request dials again.
+func (c *Conn) dropUpstream(up net.Conn) {
+	c.upMu.Lock()
+	if c.upstream == up {
+		c.upstream = nil
+	}
+	c.upMu.Unlock()
+	up.Close()
+}
+
+// record fills the fields every event of this connection shares and writes
+// the event. The error matters to the caller only before a forward: a
+// failed audit write denies the operation.
+func (c *Conn) record(ev *audit.Event) error {
+	l := c.l
+	ev.Listener = l.cfg.Name
+	ev.ConnID = c.id
+	ev.Source = c.src
+	ev.Dest = c.dst
+	ev.Protocol = l.cfg.Protocol
+	ev.Identity = c.identity
+	ev.TLSVersion = c.tlsVersion
+	err := l.opts.Recorder.Record(ev)
+	if err != nil {
+		l.metrics.auditFails.Inc()
+		l.log.Error("audit write failed", zap.Uint64("conn", c.id), zap.String("action", ev.Action), zap.Error(err))
+	}
+	return err
+}

@@ -1,0 +1,338 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/config"
+	"github.com/conduit-ot/conduit/pki"
+)
+
+// Listener serves one configured listener.
+type Listener struct {
+	opts    Options
+	cfg     *config.Listener
+	log     *zap.Logger
+	metrics *listenerMetrics
+	handler handler
+	slots   *Slots // this listener's max_connections
+	connIDs *atomic.Uint64
+
+	ln      net.Listener
+	closing atomic.Bool
+	done    chan struct{} // closed by Shutdown: drain
+	once    sync.Once
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// handler is a protocol's per-connection loop. serve returns when the
+// connection is finished, with the reason it ended (audited).
+type handler interface {
+	serve(c *Conn) (reason string)
+}
+
+// New validates opts and builds a Listener; Listen binds it.
+func New(opts Options) (*Listener, error) {
+	if opts.Decider == nil || opts.Recorder == nil {
+		return nil, errors.New("proxy: a Decider and a Recorder are required")
+	}
+	cfg := opts.Listener
+	l := &Listener{
+		opts:    opts,
+		cfg:     &cfg,
+		log:     opts.Log,
+		metrics: opts.Metrics.forListener(cfg.Name),
+		slots:   NewSlots(cfg.MaxConnections),
+		connIDs: opts.ConnIDs,
+		done:    make(chan struct{}),
+		conns:   make(map[*Conn]struct{}),
+	}
+	if l.log == nil {
+		l.log = zap.NewNop()
+	}
+	l.log = l.log.With(zap.String("listener", cfg.Name))
+	if l.connIDs == nil {
+		l.connIDs = new(atomic.Uint64)
+	}
+	if opts.TLS != nil && opts.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, fmt.Errorf("proxy: listener %s: TLS must require and verify client certificates", cfg.Name)
+	}
+	switch cfg.Protocol {
+	case config.ProtocolModbus:
+		l.handler = newModbusHandler(l)
+	default:
+		return nil, fmt.Errorf("proxy: listener %s: protocol %q is not supported", cfg.Name, cfg.Protocol)
+	}
+	return l, nil
+}
+
+// Name returns the listener's configured name.
+func (l *Listener) Name() string { return l.cfg.Name }
+
+// Listen binds the listen address.
+func (l *Listener) Listen() error {
+	ln, err := net.Listen("tcp", l.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy: listener %s: %w", l.cfg.Name, err)
+	}
+	l.ln = ln
+	return nil
+}
+
+// Addr returns the bound address (after Listen).
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Serve accepts connections until Shutdown. Temporary accept errors (for
+// example out of file descriptors) back off instead of spinning.
+func (l *Listener) Serve() error {
+	if l.ln == nil {
+		if err := l.Listen(); err != nil {
+			return err
+		}
+	}
+	var backoff time.Duration
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if l.closing.Load() {
+				return ErrClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("proxy: listener %s: accept: %w", l.cfg.Name, err)
+			}
+			// EMFILE, ENFILE, ECONNABORTED ...: wait and retry.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("backoff", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-l.done:
+				return ErrClosed
+			}
+			continue
+		}
+		backoff = 0
+		l.wg.Add(1)
+		go l.handle(raw)
+	}
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it
+// has in flight, and closes what is left when ctx ends. It is safe to call
+// more than once.
+func (l *Listener) Shutdown(ctx context.Context) error {
+	l.once.Do(func() {
+		l.closing.Store(true)
+		close(l.done)
+		if l.ln != nil {
+			l.ln.Close()
+		}
+		l.mu.Lock()
+		for c := range l.conns {
+			c.startDrain()
+		}
+		l.mu.Unlock()
+	})
+	finished := make(chan struct{})
+	go func() {
+		l.wg.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+		l.mu.Lock()
+		for c := range l.conns {
+			c.close("shutdown deadline")
+		}
+		l.mu.Unlock()
+		<-finished
+		return ctx.Err()
+	}
+}
+
+func (l *Listener) handle(raw net.Conn) {
+	defer l.wg.Done()
+	src := addrPort(raw.RemoteAddr())
+	if !l.opts.Slots.tryAcquire() {
+		l.refuse(raw, src, "global connection limit reached")
+		return
+	}
+	if !l.slots.tryAcquire() {
+		l.opts.Slots.release()
+		l.refuse(raw, src, "listener connection limit reached")
+		return
+	}
+	var releaseOnce sync.Once
+	release := func() {
+		releaseOnce.Do(func() {
+			l.slots.release()
+			l.opts.Slots.release()
+		})
+	}
+	defer release()
+
+	c := &Conn{
+		l:       l,
+		id:      l.connIDs.Add(1),
+		client:  raw,
+		tcp:     tcpConn(raw),
+		src:     src,
+		dst:     addrPortString(l.cfg.Upstream),
+		drainCh: make(chan struct{}),
+		start:   time.Now(),
+	}
+	if tc := c.tcp; tc != nil {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(30 * time.Second)
+	}
+	if l.opts.TLS != nil {
+		if !l.handshake(c, raw) {
+			return
+		}
+	}
+
+	l.mu.Lock()
+	if l.closing.Load() {
+		l.mu.Unlock()
+		raw.Close()
+		return
+	}
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
+	l.metrics.accepted.Inc()
+	l.metrics.conns.Inc()
+
+	c.record(&audit.Event{Action: audit.ActionConnectionOpen, Outcome: audit.OutcomeSuccess})
+	var lifetime *time.Timer
+	if d := l.cfg.Timeouts.MaxLifetime.D(); d > 0 {
+		lifetime = time.AfterFunc(d, func() { c.close("maximum connection lifetime reached") })
+	}
+
+	reason := l.handler.serve(c)
+
+	if lifetime != nil {
+		lifetime.Stop()
+	}
+	if r := c.closedReason(); r != "" {
+		reason = r
+	}
+	c.close(reason)
+	l.metrics.conns.Dec()
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+	release() // before the event, so that whoever reads it can connect again
+	c.record(&audit.Event{Action: audit.ActionConnectionClose, Outcome: audit.OutcomeSuccess, Reason: reason})
+}
+
+// refuse closes a connection over a limit; the audit event lets the SOC see
+// a connection flood.
+func (l *Listener) refuse(raw net.Conn, src netip.AddrPort, reason string) {
+	l.metrics.refused("limit")
+	resetClose(raw)
+	ev := audit.Event{
+		Action: audit.ActionConnectionOpen, Outcome: audit.OutcomeFailure, Reason: reason,
+		Listener: l.cfg.Name, Source: src, Dest: addrPortString(l.cfg.Upstream), Protocol: l.cfg.Protocol,
+	}
+	if err := l.opts.Recorder.Record(&ev); err != nil {
+		l.log.Error("audit write failed", zap.Error(err))
+	}
+}
+
+// handshake runs the TLS handshake under the handshake timeout and reads the
+// verified identity. Nothing is dialed before it succeeds.
+func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
+	tc := tls.Server(raw, l.opts.TLS)
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Handshake.D())
+	defer cancel()
+	fail := func(reason string, err error) bool {
+		l.metrics.refused("handshake")
+		resetClose(raw)
+		ev := audit.Event{Action: audit.ActionHandshake, Outcome: audit.OutcomeFailure, Reason: reason}
+		c.record(&ev)
+		l.log.Info("TLS handshake refused", zap.Stringer("client", c.src), zap.String("reason", reason), zap.Error(err))
+		return false
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		reason := err.Error()
+		if l.opts.HandshakeReason != nil {
+			reason = l.opts.HandshakeReason(err)
+		}
+		return fail(reason, err)
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return fail("no verified client certificate", nil)
+	}
+	identity := l.opts.Identity
+	if identity == nil {
+		identity = func(st tls.ConnectionState) (*pki.Identity, error) {
+			return pki.IdentityFromCertificate(st.PeerCertificates[0])
+		}
+	}
+	id, err := identity(st)
+	if err != nil {
+		return fail("client identity: "+err.Error(), err)
+	}
+	c.client = tc
+	c.identity = id
+	c.tlsVersion = tlsVersionName(st.Version)
+	return true
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "1.3"
+	case tls.VersionTLS12:
+		return "1.2"
+	case tls.VersionTLS11:
+		return "1.1"
+	case tls.VersionTLS10:
+		return "1.0"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return addrPortString(a.String())
+}
+
+func addrPortString(s string) netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(s)
+	return ap
+}
+
+func tcpConn(c net.Conn) *net.TCPConn {
+	tc, _ := c.(*net.TCPConn)
+	return tc
+}
+
+// resetClose closes c with a TCP reset (SO_LINGER 0) so the peer learns at
+// once that the connection was refused.
+func resetClose(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
