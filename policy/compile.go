@@ -25,7 +25,8 @@ type version struct {
 	// calls a non-deterministic built-in (listed in nondeterministic).
 	cache            *decisionCache
 	nondeterministic []string
-	tests            int // Rego tests that passed before this version was accepted
+	decisionRules    map[string]bool // locations (file:row:col) of the rules defining Query
+	tests            int             // Rego tests that passed before this version was accepted
 }
 
 var (
@@ -61,8 +62,15 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 	if c.Compile(mods); c.Failed() {
 		return nil, fmt.Errorf("%w: %v", ErrCompile, c.Errors)
 	}
-	if len(c.GetRulesExact(queryRef)) == 0 {
+	rules := c.GetRulesExact(queryRef)
+	if len(rules) == 0 {
 		return nil, fmt.Errorf("%w: no rule defines %s (package conduit, rule decision)", ErrCompile, Query)
+	}
+	decisionRules := make(map[string]bool, len(rules))
+	for _, r := range rules {
+		if r.Location != nil {
+			decisionRules[r.Location.String()] = true
+		}
 	}
 	store := inmem.NewFromObjectWithOpts(snap.data,
 		inmem.OptRoundTripOnWrite(true), // a private copy: the snapshot's maps stay untouched
@@ -83,6 +91,7 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 		loaded:           time.Now(),
 		query:            pq,
 		nondeterministic: nondeterministicBuiltins(c),
+		decisionRules:    decisionRules,
 	}
 	if cacheSize >= 0 && len(v.nondeterministic) == 0 {
 		if cacheSize == 0 {
@@ -117,11 +126,11 @@ func nondeterministicBuiltins(c *ast.Compiler) []string {
 func (v *version) eval(ctx context.Context, doc ast.Value) (outcome, error) {
 	rs, err := v.query.Eval(ctx, rego.EvalParsedInput(doc), rego.EvalMetrics(evalMetrics))
 	if err != nil {
-		return outcome{}, classifyEvalError(ctx, err)
+		return outcome{}, classifyEvalError(ctx, err, v.decisionRules)
 	}
 	if err := ctx.Err(); err != nil {
 		// The result came, but too late: the caller has given up on it.
-		return outcome{}, classifyEvalError(ctx, err)
+		return outcome{}, classifyEvalError(ctx, err, v.decisionRules)
 	}
 	return parseResult(rs)
 }

@@ -136,10 +136,14 @@ func (s Source) loadDir() (*snapshot, error) {
 	// with names relative to the root so that a copy elsewhere keeps its
 	// revision.
 	h := sha256.New()
+	// The loader keys modules by a cleaned path (no leading "/"); their
+	// Name is the path as given, which is what errors and coverage show.
+	byName := make(map[string]*loader.RegoFile, len(res.Modules))
 	names := make([]string, 0, len(res.Modules))
-	for name, rf := range res.Modules {
-		names = append(names, name)
-		snap.modules[name] = rf.Parsed
+	for _, rf := range res.Modules {
+		names = append(names, rf.Name)
+		byName[rf.Name] = rf
+		snap.modules[rf.Name] = rf.Parsed
 	}
 	slices.Sort(names)
 	for _, name := range names {
@@ -147,8 +151,8 @@ func (s Source) loadDir() (*snapshot, error) {
 		if err != nil {
 			rel = name
 		}
-		fmt.Fprintf(h, "module %q %d\n", filepath.ToSlash(rel), len(res.Modules[name].Raw))
-		h.Write(res.Modules[name].Raw)
+		fmt.Fprintf(h, "module %q %d\n", filepath.ToSlash(rel), len(byName[name].Raw))
+		h.Write(byName[name].Raw)
 	}
 	data, err := json.Marshal(res.Documents)
 	if err != nil {

@@ -112,8 +112,10 @@ func parseDecision(v ast.Value) (outcome, error) {
 }
 
 // classifyEvalError maps an evaluation error to the package's codes. ctx is
-// the evaluation's context (with the decision timeout).
-func classifyEvalError(ctx context.Context, err error) error {
+// the evaluation's context (with the decision timeout); decisionRules holds
+// the locations of the rules defining Query, so that their conflict (two
+// decisions) is told apart from a conflict inside a helper rule.
+func classifyEvalError(ctx context.Context, err error, decisionRules map[string]bool) error {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("%w: %v", ErrTimeout, err)
@@ -124,7 +126,9 @@ func classifyEvalError(ctx context.Context, err error) error {
 	if errors.As(err, &te) {
 		switch te.Code {
 		case topdown.ConflictErr:
-			return fmt.Errorf("%w: %v", ErrMultiple, err)
+			if te.Location != nil && decisionRules[te.Location.String()] {
+				return fmt.Errorf("%w: %v", ErrMultiple, err)
+			}
 		case topdown.CancelErr:
 			return fmt.Errorf("%w: %v", ErrCanceled, err)
 		}

@@ -83,8 +83,13 @@ file_ranges(section, rec) := [e |
 ## Writes
 
 # Every written value is checked at its own address: address+i receives
-# values[i], and one range holding that address must admit the value. FC 23
-# also needs its read half granted; FC 22 is checked by mask_allowed.
+# values[i]. Each written address must be held by a write range, and every
+# range holding it must admit the value (min/max, both optional). Ranges of
+# one table should not overlap (validation rejects it); if they do, a value
+# must satisfy all of them. The check works per range on the slice of values
+# inside it (min and max of the slice), so a 1968-coil write costs no more
+# than a single register. FC 23 also needs its read half granted; FC 22 is
+# checked by mask_allowed.
 write_allowed(m) if {
 	input.modbus.function != 22
 	t := input.modbus.table
@@ -93,17 +98,18 @@ write_allowed(m) if {
 	n := count(input.modbus.values)
 	n > 0
 	n == input.modbus.quantity
-	section := object.get(m, "write", {})
-	every i, value in input.modbus.values {
-		some_range_admits(ranges_at(section, t, input.modbus.address + i), value, value)
-	}
+	values_admitted(object.get(m, "write", {}), t, input.modbus.address, input.modbus.values)
 }
 
 write_allowed(m) if {
 	input.modbus.function == 22
 	input.modbus.table == "holding_registers"
+	ranges := ranges_at(object.get(m, "write", {}), "holding_registers", input.modbus.address)
+	count(ranges) > 0
 	[lo, hi] := mask_results
-	some_range_admits(ranges_at(object.get(m, "write", {}), "holding_registers", input.modbus.address), lo, hi)
+	every r in ranges {
+		admits(r, lo, hi)
+	}
 }
 
 write_allowed(m) if {
@@ -123,33 +129,76 @@ fc23_read_allowed(m) if {
 	range_granted(object.get(m, "read", {}), "holding_registers", r.address, r.quantity)
 }
 
-file_write_allowed(section, rec) if {
-	count(rec.values) == rec.length
-	ranges := file_ranges(section, rec)
-	every value in rec.values {
-		some_range_admits(ranges, value, value)
+values_admitted(section, table, first, values) if {
+	last := (first + count(values)) - 1
+	ranges := ranges_over(section, table, first, last)
+	not first_uncovered(ranges, first, last)
+	every r in ranges {
+		segment_admitted(r, first, last, values)
 	}
 }
 
-# The ranges of section[table] that contain address.
-ranges_at(section, table, address) := [r |
+# The ranges of section[table] that overlap first..last.
+ranges_over(section, table, first, last) := [r |
 	some r in object.get(section, table, [])
-	r.start <= address
-	address <= r.end
+	r.start <= last
+	first <= r.end
 ]
 
-# Whether one of ranges admits every value in lo..hi. min and max are
-# optional: absent means no limit.
-some_range_admits(ranges, lo, hi) if {
+# The ranges of section[table] that hold address.
+ranges_at(section, table, address) := ranges_over(section, table, address, address)
+
+# The lowest address in first..last that no range holds (undefined when all
+# are held): first itself, or just past the end of some range.
+first_uncovered(ranges, first, last) := min(gaps) if {
+	ends := {x | some r in ranges; x := r.end + 1}
+	candidates := ends | {first}
+	gaps := {x |
+		some x in candidates
+		first <= x
+		x <= last
+		not held(ranges, x)
+	}
+	count(gaps) > 0
+}
+
+held(ranges, x) if {
 	some r in ranges
+	r.start <= x
+	x <= r.end
+}
+
+# The values written inside range r, and the address of the first of them.
+segment(r, first, last, values) := [from, array.slice(values, from - first, (to - first) + 1)] if {
+	from := max([r.start, first])
+	to := min([r.end, last])
+}
+
+segment_admitted(r, first, last, values) if {
+	[_, s] := segment(r, first, last, values)
+	admits(r, min(s), max(s))
+}
+
+# Whether range r admits every value in lo..hi.
+admits(r, lo, hi) if {
 	object.get(r, "min", lo) <= lo
 	hi <= object.get(r, "max", hi)
+}
+
+file_write_allowed(section, rec) if {
+	count(rec.values) == rec.length
+	rec.length > 0
+	ranges := file_ranges(section, rec)
+	count(ranges) > 0
+	every e in ranges {
+		admits(e, min(rec.values), max(rec.values))
+	}
 }
 
 # FC 22 sets register := (current AND and_mask) OR (or_mask AND NOT
 # and_mask). The proxy does not know the current value, so any result from
 # lo (the bits or_mask forces, kept bits 0) to hi (kept bits 1) is possible,
-# and the range holding the register must admit them all.
+# and the ranges holding the register must admit them all.
 mask_results := [lo, hi] if {
 	lo := bits.and(input.modbus.or_mask, bits.xor(input.modbus.and_mask, 65535))
 	hi := bits.or(lo, input.modbus.and_mask)
@@ -212,24 +261,36 @@ write_violation(m) := deny_code("conduit.modbus.read", sprintf("read of holding_
 } else := deny_code("conduit.modbus.malformed", "the write carries no values", 3) if {
 	input.modbus.table in {"coils", "holding_registers"}
 	count(input.modbus.values) == 0
-} else := bad[0] if {
-	t := input.modbus.table
-	t in {"coils", "holding_registers"}
-	section := object.get(m, "write", {})
-	bad := [x |
-		some i, value in input.modbus.values
-		not some_range_admits(ranges_at(section, t, input.modbus.address + i), value, value)
-		x := value_violation(section, t, input.modbus.address + i, value)
-	]
-	count(bad) > 0
+} else := values_violation(object.get(m, "write", {}), input.modbus.table, input.modbus.address, input.modbus.values) if {
+	input.modbus.table in {"coils", "holding_registers"}
 } else := v if {
 	input.modbus.table == "file"
 	v := file_write_violation(object.get(m, "write", {}))
 } else := deny("conduit.modbus.write", sprintf("%s does not write a data table the policy knows", [function_desc]))
 
-value_violation(section, table, address, value) := deny_code("conduit.modbus.write", sprintf("write to %s %d is not granted on listener %s", [table, address, input.listener]), 2) if {
-	count(ranges_at(section, table, address)) == 0
-} else := limit_violation(ranges_at(section, table, address)[0], sprintf("write of %d to %s %d", [value, table, address]), value, value)
+# The reason values (written from first on) are not admitted: the lowest
+# address no range holds, or else the worst value of the lowest range whose
+# limits it breaks.
+values_violation(section, table, first, values) := deny_code("conduit.modbus.write", sprintf("write to %s %d is not granted on listener %s", [table, x, input.listener]), 2) if {
+	last := (first + count(values)) - 1
+	x := first_uncovered(ranges_over(section, table, first, last), first, last)
+} else := v if {
+	last := (first + count(values)) - 1
+	bad := {r.start: r | some r in ranges_over(section, table, first, last); not segment_admitted(r, first, last, values)}
+	r := bad[min(object.keys(bad))]
+	[from, s] := segment(r, first, last, values)
+	v := segment_violation(r, table, from, s)
+}
+
+# The largest value over max, or else the smallest under min, and where.
+segment_violation(r, table, from, s) := limit_violation(r, sprintf("write of %d to %s %d", [hi, table, from + first_index(s, hi)]), hi, hi) if {
+	hi := max(s)
+	hi > object.get(r, "max", hi)
+} else := limit_violation(r, sprintf("write of %d to %s %d", [lo, table, from + first_index(s, lo)]), lo, lo) if {
+	lo := min(s)
+}
+
+first_index(a, x) := [i | some i, y in a; y == x][0]
 
 limit_violation(r, what, _, hi) := deny_code("conduit.modbus.value", sprintf("%s exceeds max %d for listener %s", [what, r.max, input.listener]), 3) if {
 	hi > object.get(r, "max", hi)
@@ -238,11 +299,13 @@ limit_violation(r, what, _, hi) := deny_code("conduit.modbus.value", sprintf("%s
 mask_violation(section) := deny_code("conduit.modbus.write", sprintf("write to holding_registers %d is not granted on listener %s", [input.modbus.address, input.listener]), 2) if {
 	count(ranges_at(section, "holding_registers", input.modbus.address)) == 0
 } else := limit_violation(
-	ranges_at(section, "holding_registers", input.modbus.address)[0],
+	r,
 	sprintf("mask write to holding_registers %d (results %d..%d)", [input.modbus.address, lo, hi]),
 	lo, hi,
 ) if {
 	[lo, hi] := mask_results
+	bad := [x | some x in ranges_at(section, "holding_registers", input.modbus.address); not admits(x, lo, hi)]
+	r := bad[0]
 }
 
 file_write_violation(section) := deny_code("conduit.modbus.write", sprintf("write to file %d records %d..%d is not granted on listener %s", [r.file, r.record, (r.record + r.length) - 1, input.listener]), 2) if {
@@ -251,13 +314,15 @@ file_write_violation(section) := deny_code("conduit.modbus.write", sprintf("writ
 } else := deny_code("conduit.modbus.malformed", sprintf("file %d record %d carries %d values for length %d", [r.file, r.record, count(r.values), r.length]), 3) if {
 	bad := [x | some x in input.modbus.file_records; count(x.values) != x.length]
 	r := bad[0]
+} else := deny_code("conduit.modbus.malformed", sprintf("file %d record %d is empty", [r.file, r.record]), 3) if {
+	bad := [x | some x in input.modbus.file_records; x.length == 0]
+	r := bad[0]
 } else := bad[0] if {
 	bad := [x |
 		some r in input.modbus.file_records
-		ranges := file_ranges(section, r)
-		some i, value in r.values
-		not some_range_admits(ranges, value, value)
-		x := limit_violation(ranges[0], sprintf("write of %d to file %d record %d", [value, r.file, r.record + i]), value, value)
+		some e in file_ranges(section, r)
+		not admits(e, min(r.values), max(r.values))
+		x := segment_violation(e, sprintf("file %d record", [r.file]), r.record, r.values)
 	]
 	count(bad) > 0
 }

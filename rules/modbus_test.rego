@@ -87,8 +87,8 @@ test_write_over_max if {
 	d.exception_code == 3
 }
 
-test_write_reason_names_the_first_bad_value if {
-	denied(decide(write_hrs(loopback, 10, [1, 2000, 3000])), "conduit.modbus.value", "write of 2000 to holding_registers 11 exceeds max 1000 for listener plc-line1")
+test_write_reason_names_the_largest_bad_value if {
+	denied(decide(write_hrs(loopback, 10, [1, 2000, 3000, 5])), "conduit.modbus.value", "write of 3000 to holding_registers 12 exceeds max 1000 for listener plc-line1")
 }
 
 test_write_outside_the_ranges if {
@@ -108,14 +108,34 @@ test_write_under_min if {
 	denied(decide_with(write_hr(loopback, 3, 9), g), "conduit.modbus.value", "write of 9 to holding_registers 3 is below min 10 for listener plc-line1")
 }
 
-test_overlapping_ranges_any_may_admit if {
+test_adjacent_ranges_with_their_own_limits if {
 	g := {"plc-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "modbus": {"units": [1], "write": {"holding_registers": [
-		{"start": 0, "end": 9, "max": 10},
+		{"start": 0, "end": 4, "max": 10},
+		{"start": 5, "end": 9, "min": 100, "max": 200},
+	]}}}}}
+	decide_with(write_hrs(loopback, 3, [10, 0, 100, 200]), g).allow
+	denied(decide_with(write_hrs(loopback, 3, [10, 0, 100, 99]), g), "conduit.modbus.value", "write of 99 to holding_registers 6 is below min 100 for listener plc-line1")
+	denied(decide_with(write_hrs(loopback, 3, [11, 0, 100, 300]), g), "conduit.modbus.value", "write of 11 to holding_registers 3 exceeds max 10 for listener plc-line1")
+}
+
+# Overlapping ranges are invalid data (validate.rego); if they slip
+# through, a value must satisfy every range that holds its address.
+test_overlapping_ranges_all_must_admit if {
+	g := {"plc-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "modbus": {"units": [1], "write": {"holding_registers": [
+		{"start": 0, "end": 9, "max": 150},
 		{"start": 5, "end": 5, "min": 100, "max": 200},
 	]}}}}}
-	decide_with(write_hr(loopback, 5, 150), g).allow
-	decide_with(write_hr(loopback, 5, 7), g).allow
-	denied(decide_with(write_hr(loopback, 5, 50), g), "conduit.modbus.value", "write of 50 to holding_registers 5 exceeds max 10 for listener plc-line1")
+	decide_with(write_hr(loopback, 5, 120), g).allow
+	decide_with(write_hr(loopback, 3, 7), g).allow
+	denied(decide_with(write_hr(loopback, 5, 7), g), "conduit.modbus.value", "write of 7 to holding_registers 5 is below min 100 for listener plc-line1")
+	denied(decide_with(write_hr(loopback, 5, 180), g), "conduit.modbus.value", "write of 180 to holding_registers 5 exceeds max 150 for listener plc-line1")
+}
+
+test_longest_coil_write if {
+	g := {"plc-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "modbus": {"units": [1], "write": {"coils": [{"start": 0, "end": 1999}]}}}}}
+	values := [v | some i in numbers.range(0, 1967); v := i % 2]
+	decide_with(write_coils(0, values), g).allow
+	denied(decide_with(write_coils(100, values), g), "conduit.modbus.write", "write to coils 2000 is not granted on listener plc-line1")
 }
 
 test_write_quantity_and_values_disagree if {
@@ -264,6 +284,11 @@ test_write_file_record_over_max if {
 test_write_file_record_malformed if {
 	x := write_file([{"file": 4, "record": 10, "length": 2, "values": [1]}])
 	denied(decide_with(x, file_grants), "conduit.modbus.malformed", "file 4 record 10 carries 1 values for length 2")
+}
+
+test_write_empty_file_record if {
+	x := write_file([{"file": 4, "record": 10, "length": 0, "values": []}])
+	denied(decide_with(x, file_grants), "conduit.modbus.malformed", "file 4 record 10 is empty")
 }
 
 test_write_file_without_records if {

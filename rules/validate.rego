@@ -189,6 +189,18 @@ data_errors contains msg if {
 }
 
 data_errors contains msg if {
+	some [l, id], g in all_grants
+	some t, ranges in object.get(object.get(g, "modbus", {}), "write", {})
+	some i, a in ranges
+	some j, b in ranges
+	i < j
+	object.get(a, "file", null) == object.get(b, "file", null)
+	a.start <= b.end
+	b.start <= a.end
+	msg := sprintf("grants.%s.%s.modbus.write.%s[%d] and [%d] overlap: merge them, or split them where their limits differ", [l, id, t, i, j])
+}
+
+data_errors contains msg if {
 	some [path, keys], r in modbus_ranges
 	"file" in keys
 	not integer_in(object.get(r, "file", null), 0, 65535)

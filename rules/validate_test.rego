@@ -92,8 +92,14 @@ test_modbus_ranges if {
 		"grants.l.x.modbus.write.holding_registers[0]: min 5 is greater than max 4",
 	}
 	count(range_errors("write", "file", {"file": 1, "start": 0, "end": 0})) == 0
+	write_ranges_errors([{"start": 0, "end": 9}, {"start": 9, "end": 12}, {"start": 20, "end": 29}, {"start": 13, "end": 19}]) == {
+		"grants.l.x.modbus.write.holding_registers[0] and [1] overlap: merge them, or split them where their limits differ",
+	}
+	count(grant_errors({"clients": ok_clients, "modbus": {"units": [1], "write": {"file": [{"file": 1, "start": 0, "end": 9}, {"file": 2, "start": 0, "end": 9}]}}})) == 0
 	range_errors("write", "file", {"start": 0, "end": 0}) == {"grants.l.x.modbus.write.file[0].file must be a file number"}
 }
+
+write_ranges_errors(rs) := grant_errors({"clients": ok_clients, "modbus": {"units": [1], "write": {"holding_registers": rs}}})
 
 function_errors(f) := grant_errors({"clients": ok_clients, "modbus": {"units": [1], "functions": [f]}})
 
