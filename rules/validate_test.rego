@@ -145,7 +145,7 @@ test_opcua_opaque_needs_pins if {
 	}
 }
 
-test_empty_criterion_matches_nobody if {
+test_empty_criterion_is_reported if {
 	grant_errors({"clients": {"cidrs": ["10.0.0.0/8"], "roles": []}, "opcua": {}}) == {
 		"grants.l.x.clients.roles is empty: it matches nobody (remove it to not restrict by it)",
 	}
