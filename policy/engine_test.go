@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conduit-ot/conduit/config"
 	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/policy"
 )
@@ -259,5 +260,24 @@ func TestDecideJSON(t *testing.T) {
 	}
 	if d := e.DecideJSON(ctx, []byte(`{"protocol": `)); d.Allow || !errors.Is(d.Err, policy.ErrInput) {
 		t.Errorf("bad JSON: %+v", d)
+	}
+}
+
+func TestFromConfig(t *testing.T) {
+	no := false
+	c := config.Default().Policy
+	c.Path, c.DryRun, c.RunTests = "/etc/conduit/policy", true, &no
+	o := policy.FromConfig(c)
+	if o.Path != "/etc/conduit/policy" || !o.DryRun || o.DecisionTimeout != config.DefaultDecisionTimeout || !o.Watch || o.RunTests {
+		t.Errorf("options %+v", o)
+	}
+}
+
+func TestDeciderFunc(t *testing.T) {
+	var d policy.Decider = policy.DeciderFunc(func(context.Context, *policy.Input) policy.Decision {
+		return policy.Decision{Allow: true, Reason: "fake"}
+	})
+	if got := d.Decide(ctx, nil); !got.Allow || got.Reason != "fake" {
+		t.Errorf("decision %+v", got)
 	}
 }

@@ -109,3 +109,10 @@ type Decider interface {
 	// is a Decision with Allow false and Err set.
 	Decide(ctx context.Context, in *Input) Decision
 }
+
+// DeciderFunc adapts a function to the Decider interface, e.g. a fixed
+// decision in tests of the data path.
+type DeciderFunc func(ctx context.Context, in *Input) Decision
+
+// Decide calls f.
+func (f DeciderFunc) Decide(ctx context.Context, in *Input) Decision { return f(ctx, in) }
