@@ -46,8 +46,11 @@ type Options struct {
 	CacheSize int
 
 	// OnReload, if set, is called after every load attempt (the initial
-	// one too) with its outcome, so that the caller can audit it. It runs
-	// on the reloading goroutine and must not call Reload.
+	// one too) with its outcome, and when the file watch fails, so that
+	// the caller can audit it. It runs on the reloading goroutine (the
+	// caller of Reload, or the watch goroutine), must be safe for
+	// concurrent use and must not call Reload. Watch-triggered attempts
+	// that find the content unchanged are not reported.
 	OnReload func(ReloadEvent)
 }
 

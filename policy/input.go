@@ -366,8 +366,8 @@ func writeUint16s(w docWriter, k *field, vs []uint16) {
 	w.endArray()
 }
 
-// objectKeys holds the keys of arbitrary objects inside OPC UA values; they
-// are not in the fixed field table.
+// objectKey is the key of an object inside an OPC UA value: not one of the
+// fixed fields, so it has no id and the cache key spells it out.
 func objectKey(name string) *field { return &field{name: name, term: ast.StringTerm(name)} }
 
 // writeAny writes an OPC UA value (inspect.OPCUAWrite.Value, call arguments):
