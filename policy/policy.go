@@ -21,6 +21,9 @@ const Query = "data.conduit.decision"
 // Input is everything the policy may read about one operation. The input
 // document (docs/policy.md) is built from it, by the same code for live
 // traffic and for capture replay.
+//
+// Decide does not retain an Input: Op may point into a decoder's scratch
+// buffers. Protocol must equal Op.Protocol (a mismatch is a deny, ErrInput).
 type Input struct {
 	Protocol string // inspect.ProtocolModbus or inspect.ProtocolOPCUA
 	Listener string // listener name from the configuration
@@ -109,3 +112,10 @@ type Decider interface {
 	// is a Decision with Allow false and Err set.
 	Decide(ctx context.Context, in *Input) Decision
 }
+
+// DeciderFunc adapts a function to the Decider interface, e.g. a fixed
+// decision in tests of the data path.
+type DeciderFunc func(ctx context.Context, in *Input) Decision
+
+// Decide calls f.
+func (f DeciderFunc) Decide(ctx context.Context, in *Input) Decision { return f(ctx, in) }

@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }

@@ -1,0 +1,226 @@
+package policy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/loader"
+)
+
+// Source is where a policy is read from.
+type Source struct {
+	// Path is a directory of .rego modules and .json/.yaml/.yml data files
+	// (loaded like `opa eval -d DIR`: a data file's content goes under the
+	// path of its sub-directory), or an OPA bundle (a file ending in
+	// .tar.gz). Files and directories whose name starts with "." are
+	// skipped.
+	Path string
+	// FS, when set, is read instead of the disk, from its root (e.g.
+	// rules.FS, the embedded reference policy). Path then only names it in
+	// messages.
+	FS fs.FS
+}
+
+func (s Source) String() string {
+	switch {
+	case s.FS != nil && s.Path != "":
+		return s.Path + " (embedded)"
+	case s.FS != nil:
+		return "embedded policy"
+	}
+	return s.Path
+}
+
+func (s Source) isBundle() bool {
+	return s.FS == nil && strings.HasSuffix(s.Path, ".tar.gz")
+}
+
+// isTestFile reports whether a module holds Rego tests. Test modules are
+// compiled only for the test run, never into the version that decides.
+func isTestFile(name string) bool { return strings.HasSuffix(name, "_test.rego") }
+
+// snapshot is one consistent read of a policy source.
+type snapshot struct {
+	revision string                 // names the version: the content hash, or the bundle manifest revision
+	hash     string                 // content hash: a reload with the same hash changes nothing
+	files    []string               // every file read, sorted
+	modules  map[string]*ast.Module // every module, tests included
+	data     map[string]any         // base documents (data.*)
+}
+
+// productionModules returns the modules that decide (tests excluded).
+func (s *snapshot) productionModules() map[string]*ast.Module {
+	m := make(map[string]*ast.Module, len(s.modules))
+	for name, mod := range s.modules {
+		if !isTestFile(name) {
+			m[name] = mod
+		}
+	}
+	return m
+}
+
+// load reads the source. Errors wrap ErrLoad and name the file and line.
+func (s Source) load() (*snapshot, error) {
+	if s.FS == nil && s.Path == "" {
+		return nil, fmt.Errorf("%w: no policy path", ErrLoad)
+	}
+	if s.isBundle() {
+		return s.loadBundle()
+	}
+	return s.loadDir()
+}
+
+func isPolicyFile(name string) bool {
+	switch filepath.Ext(name) {
+	case ".rego", ".json", ".yaml", ".yml":
+		return true
+	}
+	return false
+}
+
+func (s Source) loadDir() (*snapshot, error) {
+	root := s.Path
+	fl := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true)
+	if s.FS != nil {
+		fl = fl.WithFS(s.FS)
+		root = "."
+	} else {
+		info, err := os.Stat(root)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrLoad, err)
+		}
+		if !info.IsDir() {
+			return nil, fmt.Errorf("%w: %s is neither a directory nor a bundle (.tar.gz)", ErrLoad, root)
+		}
+	}
+	var files []string
+	filter := func(path string, info fs.FileInfo, depth int) bool {
+		if depth == 0 {
+			return false
+		}
+		if strings.HasPrefix(info.Name(), ".") {
+			return true
+		}
+		if info.IsDir() {
+			return false
+		}
+		if !isPolicyFile(info.Name()) {
+			return true
+		}
+		files = append(files, path)
+		return false
+	}
+	res, err := fl.Filtered([]string{root}, filter)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrLoad, loadErrorText(err))
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("%w: no .rego, .json or .yaml files in %s", ErrLoad, s)
+	}
+	slices.Sort(files)
+
+	snap := &snapshot{files: files, modules: make(map[string]*ast.Module, len(res.Modules)), data: res.Documents}
+	// The revision hashes the modules' bytes and the data as loaded
+	// (canonical JSON, so reformatting a data file does not change it),
+	// with names relative to the root so that a copy elsewhere keeps its
+	// revision.
+	h := sha256.New()
+	// The loader keys modules by a cleaned path (no leading "/"); their
+	// Name is the path as given, which is what errors and coverage show.
+	byName := make(map[string]*loader.RegoFile, len(res.Modules))
+	names := make([]string, 0, len(res.Modules))
+	for _, rf := range res.Modules {
+		names = append(names, rf.Name)
+		byName[rf.Name] = rf
+		snap.modules[rf.Name] = rf.Parsed
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		rel, err := filepath.Rel(root, name)
+		if err != nil {
+			rel = name
+		}
+		fmt.Fprintf(h, "module %q %d\n", filepath.ToSlash(rel), len(byName[name].Raw))
+		h.Write(byName[name].Raw)
+	}
+	data, err := json.Marshal(res.Documents)
+	if err != nil {
+		return nil, fmt.Errorf("%w: data: %v", ErrLoad, err)
+	}
+	fmt.Fprintf(h, "data %d\n", len(data))
+	h.Write(data)
+	snap.hash = "sha256:" + hex.EncodeToString(h.Sum(nil))[:16]
+	snap.revision = snap.hash
+	return snap, nil
+}
+
+// maxBundleSize bounds a bundle read into memory.
+const maxBundleSize = 64 << 20
+
+func (s Source) loadBundle() (*snapshot, error) {
+	info, err := os.Stat(s.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
+	}
+	if info.Size() > maxBundleSize {
+		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxBundleSize)
+	}
+	raw, err := os.ReadFile(s.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
+	}
+	// Signatures are not verified (docs/policy.md): deploy bundles through
+	// a channel you trust, or verify them before they reach Conduit.
+	b, err := bundle.NewCustomReader(bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(raw), s.Path)).
+		WithRegoVersion(ast.RegoV1).
+		WithProcessAnnotations(true).
+		WithSkipBundleVerification(true).
+		WithBundleName(s.Path).
+		Read()
+	if err != nil {
+		return nil, fmt.Errorf("%w: bundle %s: %s", ErrLoad, s.Path, loadErrorText(err))
+	}
+	if len(b.WasmModules) > 0 || len(b.PlanModules) > 0 {
+		return nil, fmt.Errorf("%w: bundle %s: Wasm and plan bundles are not supported, only Rego", ErrLoad, s.Path)
+	}
+	snap := &snapshot{files: []string{s.Path}, modules: make(map[string]*ast.Module, len(b.Modules)), data: b.Data}
+	if snap.data == nil {
+		snap.data = map[string]any{}
+	}
+	for _, m := range b.Modules {
+		snap.modules[m.Path] = m.Parsed
+		snap.files = append(snap.files, m.Path)
+	}
+	slices.Sort(snap.files[1:])
+	sum := sha256.Sum256(raw)
+	snap.hash = "sha256:" + hex.EncodeToString(sum[:])[:16]
+	snap.revision = snap.hash
+	if r := b.Manifest.Revision; r != "" {
+		snap.revision = r
+	}
+	return snap, nil
+}
+
+// loadErrorText flattens loader errors (one per file) to one line each.
+func loadErrorText(err error) string {
+	var le loader.Errors
+	if errors.As(err, &le) {
+		parts := make([]string, 0, len(le))
+		for _, e := range le {
+			parts = append(parts, e.Error())
+		}
+		return strings.Join(parts, "; ")
+	}
+	return err.Error()
+}

@@ -1,0 +1,282 @@
+package policy_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/bundle"
+
+	"github.com/conduit-ot/conduit/policy"
+)
+
+const (
+	allowAll = "package conduit\n\ndecision := {\"allow\": true, \"reason\": \"v1 allows\"}\n"
+	denyAll  = "package conduit\n\ndecision := {\"allow\": false, \"reason\": \"v2 denies\"}\n"
+	passing  = "package conduit_test\n\nimport data.conduit\n\ntest_allows if conduit.decision.allow\n"
+	failing  = "package conduit_test\n\nimport data.conduit\n\ntest_denies if {\n\tnot conduit.decision.allow\n}\n"
+)
+
+// events records OnReload reports.
+type events struct {
+	mu  sync.Mutex
+	evs []policy.ReloadEvent
+}
+
+func (r *events) add(ev policy.ReloadEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+}
+
+func (r *events) all() []policy.ReloadEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]policy.ReloadEvent(nil), r.evs...)
+}
+
+func (r *events) last(t *testing.T) policy.ReloadEvent {
+	t.Helper()
+	all := r.all()
+	if len(all) == 0 {
+		t.Fatal("no reload event")
+	}
+	return all[len(all)-1]
+}
+
+func TestReloadSwaps(t *testing.T) {
+	var evs events
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, OnReload: evs.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	start := evs.last(t)
+	if !start.OK || start.Trigger != policy.TriggerStart || start.Revision != e.Revision() || start.Previous != "" ||
+		start.Running != e.Revision() || len(start.Files) != 1 || !start.CacheEnabled {
+		t.Errorf("start event %+v", start)
+	}
+	v1 := e.Revision()
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != v1 {
+		t.Fatalf("v1 decision %+v", d)
+	}
+
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	if err := e.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v2 := e.Revision()
+	if v2 == v1 {
+		t.Fatal("revision did not change")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); d.Allow || d.Reason != "v2 denies" || d.Revision != v2 {
+		t.Errorf("v2 decision %+v", d)
+	}
+	if ev := evs.last(t); !ev.OK || ev.Trigger != policy.TriggerReload || ev.Previous != v1 || ev.Revision != v2 || ev.Running != v2 {
+		t.Errorf("reload event %+v", ev)
+	}
+
+	// Same content again: nothing to do, reported as unchanged.
+	if err := e.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := evs.last(t); !ev.OK || !ev.Unchanged || ev.Running != v2 {
+		t.Errorf("unchanged event %+v", ev)
+	}
+}
+
+func TestReloadKeepsLastGoodOnSyntaxError(t *testing.T) {
+	var evs events
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, OnReload: evs.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	good := e.Revision()
+
+	writeFiles(t, dir, map[string]string{"p.rego": "package conduit\n\ndecision := {\"allow\": true,\n"})
+	err = e.Reload(ctx)
+	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), filepath.Join(dir, "p.rego")+":") {
+		t.Fatalf("err = %v, want ErrLoad naming p.rego:line", err)
+	}
+	if e.Revision() != good {
+		t.Error("revision changed after a failed reload")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != good {
+		t.Errorf("decision after the failed reload %+v", d)
+	}
+	if ev := evs.last(t); ev.OK || !errors.Is(ev.Err, policy.ErrLoad) || ev.Running != good || ev.Previous != good {
+		t.Errorf("failed reload event %+v", ev)
+	}
+
+	// A compile error (type error) names file and line too.
+	writeFiles(t, dir, map[string]string{"p.rego": "package conduit\n\ndecision := {\"allow\": 1 + \"one\", \"reason\": \"x\"}\n"})
+	err = e.Reload(ctx)
+	if !errors.Is(err, policy.ErrCompile) || !strings.Contains(err.Error(), "p.rego:3") {
+		t.Fatalf("err = %v, want ErrCompile naming p.rego:3", err)
+	}
+	if e.Revision() != good {
+		t.Error("revision changed after a failed compile")
+	}
+}
+
+func TestReloadKeepsLastGoodOnFailingTest(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll, "p_test.rego": passing})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, RunTests: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	good := e.Revision()
+
+	// v2 denies: the policy's own test test_allows fails, so v2 is refused.
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	err = e.Reload(ctx)
+	if !errors.Is(err, policy.ErrTests) {
+		t.Fatalf("err = %v, want ErrTests", err)
+	}
+	for _, want := range []string{filepath.Join(dir, "p_test.rego") + ":5", "FAIL data.conduit_test.test_allows", "1 failed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if e.Revision() != good {
+		t.Error("revision changed after failing tests")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow {
+		t.Errorf("decision after the refused reload %+v", d)
+	}
+
+	// An erroring test refuses a version too.
+	writeFiles(t, dir, map[string]string{"p.rego": allowAll, "p_test.rego": passing + "\ntest_errors if {\n\tx := numbers.range(1, 100000000)\n\tcount(x) > 0\n}\n"})
+	e2, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, RunTests: true, TestTimeout: 10 * time.Millisecond})
+	if !errors.Is(err, policy.ErrTests) || !strings.Contains(err.Error(), "ERROR data.conduit_test.test_errors") {
+		t.Errorf("New with an erroring test: %v", err)
+	}
+	if e2 != nil {
+		e2.Close()
+	}
+}
+
+func TestNewFails(t *testing.T) {
+	cases := map[string]struct {
+		opts policy.Options
+		want error
+		msg  string
+	}{
+		"no path":      {policy.Options{}, policy.ErrLoad, "no policy path"},
+		"missing path": {policy.Options{Source: policy.Source{Path: "/nonexistent/policy"}}, policy.ErrLoad, "/nonexistent/policy"},
+		"empty dir":    {policy.Options{Source: policy.Source{Path: t.TempDir()}}, policy.ErrLoad, "no .rego"},
+		"no decision": {policy.Options{Source: policy.Source{Path: policyDir(t, map[string]string{"p.rego": "package conduit\nallow := true\n"})}},
+			policy.ErrCompile, "no rule defines data.conduit.decision"},
+		"only tests": {policy.Options{Source: policy.Source{Path: policyDir(t, map[string]string{"p_test.rego": passing})}},
+			policy.ErrCompile, "no policy modules"},
+		"bad data": {policy.Options{Source: policy.Source{Path: policyDir(t, map[string]string{"p.rego": allowAll, "data.json": "{"})}},
+			policy.ErrLoad, "data.json"},
+		"failing test at start": {policy.Options{Source: policy.Source{Path: policyDir(t, map[string]string{"p.rego": denyAll, "p_test.rego": passing})}, RunTests: true},
+			policy.ErrTests, "test_allows"},
+		"not a directory": {policy.Options{Source: policy.Source{Path: filepath.Join(policyDir(t, map[string]string{"p.rego": allowAll}), "p.rego")}},
+			policy.ErrLoad, "neither a directory nor a bundle"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			e, err := policy.New(ctx, c.opts)
+			if e != nil || !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("New = %v, %v; want %v containing %q", e, err, c.want, c.msg)
+			}
+		})
+	}
+	if _, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: "x"}, DecisionTimeout: -1}); err == nil {
+		t.Error("negative timeout accepted")
+	}
+}
+
+func TestDataFilesAndSubdirectories(t *testing.T) {
+	e := engineFor(t, map[string]string{
+		"p.rego": `package conduit
+decision := {"allow": input.listener in data.listeners, "reason": data.site.name}
+`,
+		"data.json":            `{"listeners": ["plc-line1"]}`,
+		"site/data.yaml":       "name: plant-7\n",
+		".git/ignored.json":    `{`,
+		"README.md":            "not policy",
+		"tests/more_test.rego": "package conduit_test\n\nimport data.conduit\n\ntest_line1 if conduit.decision.allow with input as {\"listener\": \"plc-line1\"}\n",
+	}, policy.Options{RunTests: true})
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Reason != "plant-7" {
+		t.Errorf("decision %+v", d)
+	}
+}
+
+func TestRevisionIgnoresLocation(t *testing.T) {
+	files := map[string]string{"p.rego": allowAll, "data.json": `{"a": 1}`}
+	a, b := engineFor(t, files, policy.Options{}), engineFor(t, files, policy.Options{})
+	if a.Revision() != b.Revision() {
+		t.Errorf("same content, revisions %s and %s", a.Revision(), b.Revision())
+	}
+	c := engineFor(t, map[string]string{"p.rego": allowAll, "data.json": `{"a": 2}`}, policy.Options{})
+	if c.Revision() == a.Revision() {
+		t.Error("different data, same revision")
+	}
+}
+
+func writeBundle(t *testing.T, path, revision, rego string) {
+	t.Helper()
+	var buf bytes.Buffer
+	b := bundle.Bundle{
+		Manifest: bundle.Manifest{Revision: revision},
+		Data:     map[string]any{"greeting": "hello"},
+		Modules:  []bundle.ModuleFile{{URL: "/conduit/p.rego", Path: "/conduit/p.rego", Raw: []byte(rego)}},
+	}
+	if err := bundle.NewWriter(&buf).Write(b); err != nil {
+		t.Fatal(err)
+	}
+	// Write next to, then rename over: what deployment tools do.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBundle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.tar.gz")
+	writeBundle(t, path, "v42", "package conduit\n\ndecision := {\"allow\": true, \"reason\": data.greeting}\n")
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.Revision() != "v42" {
+		t.Errorf("revision %q, want the manifest revision", e.Revision())
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Reason != "hello" || d.Revision != "v42" {
+		t.Errorf("decision %+v", d)
+	}
+
+	// Without a manifest revision, the content hash names the version; a
+	// syntax error in a new bundle keeps the old one.
+	writeBundle(t, path, "", "package conduit\n\ndecision := {\"allow\": false, \"reason\": data.greeting}\n")
+	if err := e.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e.Revision(), "sha256:") {
+		t.Errorf("revision %q, want a content hash", e.Revision())
+	}
+	rev := e.Revision()
+	writeBundle(t, path, "v43", "package conduit\n\ndecision := \n")
+	if err := e.Reload(ctx); !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "p.rego") {
+		t.Errorf("reload of a broken bundle: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Error("broken bundle replaced the running version")
+	}
+}

@@ -1,0 +1,112 @@
+package policy
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// DefaultWatchDebounce is the quiet period before a watch reload.
+const DefaultWatchDebounce = 250 * time.Millisecond
+
+// watchReloadTimeout bounds one watch-triggered reload (compile and tests).
+const watchReloadTimeout = 2 * time.Minute
+
+// startWatch watches the policy directory (recursively) or the directory of
+// the bundle, and reloads when the files have been quiet for the debounce
+// period. Directories are watched rather than files because editors and
+// deployment tools replace files by renaming (a watch on the old inode would
+// go silent). A change that leaves the content as it was is detected by the
+// content hash and costs no compile.
+func (e *Engine) startWatch() error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("policy: watch %s: %w", e.opts.Path, err)
+	}
+	bundleName := ""
+	if e.opts.Source.isBundle() {
+		bundleName = filepath.Base(e.opts.Path)
+		err = w.Add(filepath.Dir(e.opts.Path))
+	} else {
+		err = addTree(w, e.opts.Path)
+	}
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("policy: watch %s: %w", e.opts.Path, err)
+	}
+	debounce := cmp.Or(e.opts.WatchDebounce, DefaultWatchDebounce)
+	e.watchDone = make(chan struct{})
+	go e.watchLoop(w, bundleName, debounce)
+	return nil
+}
+
+func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time.Duration) {
+	defer close(e.watchDone)
+	defer w.Close()
+	timer := time.NewTimer(debounce)
+	timer.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			timer.Stop()
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if bundleName != "" {
+				if filepath.Base(ev.Name) != bundleName {
+					continue
+				}
+			} else if ev.Has(fsnotify.Create) {
+				// A new sub-directory holds policy files too.
+				if info, err := os.Stat(ev.Name); err == nil && info.IsDir() && !hidden(ev.Name) {
+					_ = addTree(w, ev.Name)
+				}
+			}
+			timer.Reset(debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			if e.opts.OnReload != nil {
+				e.opts.OnReload(ReloadEvent{
+					Time:    time.Now(),
+					Trigger: TriggerWatch,
+					Source:  e.opts.Source.String(),
+					Running: e.Revision(),
+					Err:     fmt.Errorf("%w: watching files: %v (reload with SIGHUP)", ErrLoad, err),
+				})
+			}
+		case <-timer.C:
+			ctx, cancel := context.WithTimeout(e.ctx, watchReloadTimeout)
+			_ = e.reload(ctx, TriggerWatch) // reported through OnReload
+			cancel()
+		}
+	}
+}
+
+func hidden(path string) bool { return strings.HasPrefix(filepath.Base(path), ".") }
+
+// addTree watches dir and its sub-directories, skipping hidden ones (.git).
+func addTree(w *fsnotify.Watcher, dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if path != dir && hidden(path) {
+			return filepath.SkipDir
+		}
+		return w.Add(path)
+	})
+}
