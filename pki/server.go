@@ -73,8 +73,9 @@ type ServerTLS struct {
 	source      CertSource // nil: cert_file/key_file
 	ownedSource io.Closer  // closed by Close (the step-ca source we built)
 
-	mu  sync.Mutex // serializes reloads
-	cur atomic.Pointer[serverState]
+	mu      sync.Mutex // serializes reloads
+	lastErr string     // of the last reload, guarded by mu
+	cur     atomic.Pointer[serverState]
 
 	base    *tls.Config
 	watcher *watcher
@@ -184,7 +185,15 @@ func (s *ServerTLS) Reload() error {
 	if st != nil && len(changed) > 0 {
 		s.cur.Store(st)
 	}
-	if len(changed) > 0 || err != nil {
+	// A bad file is reported once, not at every file event or SIGHUP
+	// until it is fixed; the error is still returned every time.
+	repeat := err != nil && len(changed) == 0 && err.Error() == s.lastErr
+	if err != nil {
+		s.lastErr = err.Error()
+	} else {
+		s.lastErr = ""
+	}
+	if (len(changed) > 0 || err != nil) && !repeat {
 		if err != nil {
 			s.log.Error("TLS reload refused a file; the previous material stays", "err", err, "changed", changed)
 		} else {
@@ -286,7 +295,7 @@ func (s *ServerTLS) load(old *serverState) (*serverState, []string, error) {
 			keep(MaterialCRL, err)
 		} else if old == nil || !bytes.Equal(crlPEM, old.crlPEM) {
 			crls, err := ParseCRLs(crlPEM)
-			if err == nil {
+			if err == nil && len(st.cas) > 0 {
 				// Check the signature against the bundle now, so a bad
 				// file is refused here rather than at each handshake.
 				_, err = newClientVerifier(st.cas, crls, true, s.now)
