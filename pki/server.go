@@ -123,9 +123,13 @@ func NewServerTLS(ctx context.Context, cfg *config.TLS, opts ServerOptions) (*Se
 		if so.Logger == nil {
 			so.Logger = s.log
 		}
-		if so.OnRenew == nil && opts.OnReload != nil {
+		if opts.OnReload != nil {
 			// A renewal is a certificate reload for the audit trail.
-			so.OnRenew = func(_ *x509.Certificate, err error) {
+			onRenew := so.OnRenew
+			so.OnRenew = func(leaf *x509.Certificate, err error) {
+				if onRenew != nil {
+					onRenew(leaf, err)
+				}
 				r := ReloadResult{Err: err}
 				if err == nil {
 					r.Changed = []string{MaterialCertificate}

@@ -107,6 +107,8 @@ func NewStepCASource(ctx context.Context, cfg *config.StepCA, opts StepCAOptions
 			return nil, err
 		}
 	}
+	next := renewAt(s.cert.Load().Leaf)
+	s.next.Store(&next)
 	s.wg.Add(1)
 	go s.loop()
 	return s, nil
