@@ -296,7 +296,7 @@ func (ca *CA) signer() (crypto.Signer, error) {
 	k, err := ReadKey(filepath.Join(ca.Dir, FileIntermediateKey), ca.password)
 	if err != nil {
 		if errors.Is(err, ErrKeyEncrypted) {
-			return nil, fmt.Errorf("pki: the CA keys are encrypted: give the passphrase (--password-file): %w", err)
+			return nil, fmt.Errorf("pki: the keys of the CA in %s are encrypted; give the passphrase (--password-file): %w", ca.Dir, ErrKeyEncrypted)
 		}
 		return nil, err
 	}

@@ -40,6 +40,8 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newPKICmd(),
+		newConnectCmd(),
 	)
 	return root
 }
