@@ -63,7 +63,18 @@ type Tunnel struct {
 	closed   bool
 	ln       net.Listener
 	wg       sync.WaitGroup
-	shutdown chan struct{}
+	shutdown chan struct{} // closed when accepting stops (Shutdown or Close)
+	stopOnce sync.Once
+}
+
+// stopAccepting closes the listener; Serve then returns nil. Callers hold mu.
+func (t *Tunnel) stopAccepting() {
+	t.stopOnce.Do(func() {
+		close(t.shutdown)
+		if t.ln != nil {
+			t.ln.Close()
+		}
+	})
 }
 
 // New checks cfg and fills defaults.
@@ -102,9 +113,11 @@ func (t *Tunnel) Active() int { return int(t.active.Load()) }
 // Serve accepts on l until Close. It returns nil after Close.
 func (t *Tunnel) Serve(l net.Listener) error {
 	t.mu.Lock()
-	if t.closed {
+	select {
+	case <-t.shutdown:
 		t.mu.Unlock()
 		return errors.New("tunnel: closed")
+	default:
 	}
 	t.ln = l
 	t.mu.Unlock()
@@ -174,10 +187,7 @@ func (t *Tunnel) Close() error {
 	t.mu.Lock()
 	if !t.closed {
 		t.closed = true
-		close(t.shutdown)
-		if t.ln != nil {
-			t.ln.Close()
-		}
+		t.stopAccepting()
 		for c := range t.conns {
 			c.Close()
 		}
@@ -191,9 +201,7 @@ func (t *Tunnel) Close() error {
 // their own, or for ctx; then it closes what is left.
 func (t *Tunnel) Shutdown(ctx context.Context) error {
 	t.mu.Lock()
-	if !t.closed && t.ln != nil {
-		t.ln.Close()
-	}
+	t.stopAccepting()
 	t.mu.Unlock()
 	done := make(chan struct{})
 	go func() {

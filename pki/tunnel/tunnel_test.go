@@ -324,3 +324,44 @@ func TestTunnelCloseReturnsServe(t *testing.T) {
 		t.Fatal("New accepted a target without a port")
 	}
 }
+
+// TestTunnelShutdownDrains: Shutdown stops accepting at once, lets an open
+// connection finish, and Serve returns nil.
+func TestTunnelShutdownDrains(t *testing.T) {
+	f := newFixture(t, 4, 0)
+	c, err := net.Dial("tcp", f.tunAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitActive(t, f.tun, 1)
+	done := make(chan error, 1)
+	go func() { done <- f.tun.Shutdown(t.Context()) }()
+	select {
+	case err := <-f.tunError:
+		if err != nil {
+			t.Fatalf("Serve after Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after Shutdown")
+	}
+	if c2, err := net.DialTimeout("tcp", f.tunAddr, time.Second); err == nil {
+		c2.Close()
+		t.Fatal("still accepting after Shutdown")
+	}
+	// The open connection still works until its client ends it.
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("drain"))
+	c.(*net.TCPConn).CloseWrite()
+	if reply, err := io.ReadAll(c); err != nil || string(reply) != "got 5: drain" {
+		t.Fatalf("during Shutdown: %q, %v", reply, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last connection ended")
+	}
+}
