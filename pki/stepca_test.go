@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ type testStepCA struct {
 	url         string
 	fingerprint string
 	jwk         *jose.JSONWebKey
+	stop        func()
 }
 
 const testProvisioner = "conduit-test"
@@ -72,9 +74,11 @@ func startStepCA(t *testing.T, lifetime time.Duration) *testStepCA {
 		t.Fatal(err)
 	}
 	go srv.Run()
-	t.Cleanup(func() { srv.Stop() })
+	var stopOnce sync.Once
+	t.Cleanup(func() { stopOnce.Do(func() { srv.Stop() }) })
 	sum := sha256.Sum256(p.ca.Root.Raw)
 	s := &testStepCA{p: p, url: "https://" + addr, fingerprint: hex.EncodeToString(sum[:]), jwk: jwk}
+	s.stop = func() { stopOnce.Do(func() { srv.Stop() }) }
 	eventually(t, "step-ca health", func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
@@ -188,6 +192,35 @@ func TestStepCAErrors(t *testing.T) {
 		cfg.TokenFile = ""
 		if _, err := NewStepCASource(t.Context(), cfg, StepCAOptions{}); err == nil || !strings.Contains(err.Error(), "token") {
 			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("CA unreachable at renewal", func(t *testing.T) {
+		sc := startStepCA(t, time.Hour)
+		var failures []error
+		src, err := NewStepCASource(t.Context(), sc.config(t, t.TempDir()), StepCAOptions{
+			OnRenew: func(_ *x509.Certificate, err error) { failures = append(failures, err) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		before := src.Certificate()
+		if err := src.RenewNow(t.Context()); err != nil {
+			t.Fatalf("renewal with the CA up: %v", err)
+		}
+		renewed := src.Certificate()
+		if renewed == before || renewed.Leaf.SerialNumber.Cmp(before.Leaf.SerialNumber) == 0 {
+			t.Fatal("RenewNow did not renew")
+		}
+		sc.stop()
+		if err := src.RenewNow(t.Context()); err == nil {
+			t.Fatal("renewal succeeded with the CA stopped")
+		}
+		if src.Certificate() != renewed {
+			t.Fatal("a failed renewal replaced the certificate")
+		}
+		if len(failures) != 2 || failures[0] != nil || failures[1] == nil {
+			t.Fatalf("OnRenew saw %v", failures)
 		}
 	})
 	t.Run("token for another CA", func(t *testing.T) {
