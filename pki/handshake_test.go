@@ -254,3 +254,39 @@ func TestHandshakeLeafOnly(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestExpiredChainSearchIsBounded: an expired leaf with many look-alike
+// intermediates (same subject, each "issuing" the others) must not make the
+// classification of the error explode.
+func TestExpiredChainSearchIsBounded(t *testing.T) {
+	p := newTestPKI(t)
+	s := p.serverTLS(t, p.tlsConfig("1.3"), ServerOptions{NoWatch: true})
+	v := s.cur.Load().verifier
+	key, _ := GenerateKey(KeySpec{})
+	var fakes []*x509.Certificate
+	for i := 0; i < 30; i++ {
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(int64(i + 1)), Subject: pkix.Name{CommonName: "Loop CA"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		}
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+		c, _ := x509.ParseCertificate(der)
+		fakes = append(fakes, c)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(99), Subject: pkix.Name{CommonName: "old"},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, _ := x509.CreateCertificate(rand.Reader, leafTmpl, fakes[0], key.Public(), key)
+	leaf, _ := x509.ParseCertificate(der)
+	start := time.Now()
+	he := v.verify(append([]*x509.Certificate{leaf}, fakes...))
+	if he == nil || he.Reason != ReasonUnknownCA {
+		t.Fatalf("got %v, want unknown_ca", he)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("classification took %s", el)
+	}
+}

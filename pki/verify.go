@@ -282,7 +282,8 @@ func (v *clientVerifier) classify(leaf *x509.Certificate, presented []*x509.Cert
 		case x509.Expired:
 			// crypto/x509 checks validity periods before signatures, so
 			// find out whether the chain is ours at all.
-			if !v.signedByBundle(leaf, presented, 0) {
+			budget := maxSignatureChecks
+			if !v.signedByBundle(leaf, presented, &budget) {
 				return ReasonUnknownCA
 			}
 			return timeReason(inv.Cert, opts.CurrentTime)
@@ -297,24 +298,35 @@ func (v *clientVerifier) classify(leaf *x509.Certificate, presented []*x509.Cert
 
 // signedByBundle reports whether c chains to a bundle certificate by
 // signatures alone, through the client's intermediates, ignoring validity
-// periods and key usages.
-func (v *clientVerifier) signedByBundle(c *x509.Certificate, presented []*x509.Certificate, depth int) bool {
-	if depth > 8 {
-		return false
-	}
+// periods and key usages. The client chooses the intermediates, so the
+// search is bounded by a budget of signature checks (crypto/x509 bounds its
+// own the same way).
+func (v *clientVerifier) signedByBundle(c *x509.Certificate, presented []*x509.Certificate, budget *int) bool {
 	for _, ca := range v.cas {
-		if bytes.Equal(c.RawIssuer, ca.RawSubject) && c.CheckSignatureFrom(ca) == nil {
-			return true
+		if bytes.Equal(c.RawIssuer, ca.RawSubject) {
+			if *budget--; *budget < 0 {
+				return false
+			}
+			if c.CheckSignatureFrom(ca) == nil {
+				return true
+			}
 		}
 	}
 	for _, ca := range presented {
-		if bytes.Equal(c.RawIssuer, ca.RawSubject) && !ca.Equal(c) && c.CheckSignatureFrom(ca) == nil &&
-			v.signedByBundle(ca, presented, depth+1) {
-			return true
+		if bytes.Equal(c.RawIssuer, ca.RawSubject) && !ca.Equal(c) {
+			if *budget--; *budget < 0 {
+				return false
+			}
+			if c.CheckSignatureFrom(ca) == nil && v.signedByBundle(ca, presented, budget) {
+				return true
+			}
 		}
 	}
 	return false
 }
+
+// maxSignatureChecks bounds signedByBundle.
+const maxSignatureChecks = 16
 
 func timeReason(c *x509.Certificate, now time.Time) Reason {
 	if c != nil && now.Before(c.NotBefore) {
