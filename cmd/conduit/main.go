@@ -41,6 +41,8 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newPolicyCmd(),
+		newPKICmd(),
+		newConnectCmd(),
 	)
 	return root
 }

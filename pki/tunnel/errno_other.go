@@ -1,0 +1,7 @@
+//go:build !unix
+
+package tunnel
+
+import "errors"
+
+var syscallEMFILE = errors.New("EMFILE")

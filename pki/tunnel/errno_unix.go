@@ -1,0 +1,7 @@
+//go:build unix
+
+package tunnel
+
+import "syscall"
+
+const syscallEMFILE = syscall.EMFILE
