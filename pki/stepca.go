@@ -10,12 +10,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/smallstep/certificates/api"
+	"github.com/smallstep/certificates/ca"
 
 	"github.com/conduit-ot/conduit/config"
 )
@@ -54,7 +59,8 @@ type StepCASource struct {
 	roots *x509.CertPool
 	cert  atomic.Pointer[tls.Certificate]
 
-	client *stepClient
+	clientMu sync.Mutex
+	client   *ca.Client
 
 	renewMu sync.Mutex // one renewal at a time (timer and RenewNow)
 	stop    chan struct{}
@@ -92,11 +98,6 @@ func NewStepCASource(ctx context.Context, cfg *config.StepCA, opts StepCAOptions
 	if s.opts.Timeout <= 0 {
 		s.opts.Timeout = 30 * time.Second
 	}
-	client, err := newStepClient(cfg.URL, s.opts.Timeout)
-	if err != nil {
-		return nil, err
-	}
-	s.client = client
 	if err := os.MkdirAll(cfg.Dir, ModeCADir); err != nil {
 		return nil, fmt.Errorf("pki: step_ca.dir: %w", err)
 	}
@@ -227,7 +228,15 @@ func (s *StepCASource) renew(ctx context.Context) error {
 }
 
 func (s *StepCASource) doRenew(ctx context.Context, cur *tls.Certificate) (*x509.Certificate, error) {
-	chain, err := s.client.renew(ctx, s.roots, cur)
+	client, err := s.getClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.RenewWithContext(ctx, s.transport(cur))
+	if err != nil {
+		return nil, fmt.Errorf("pki: step-ca renew: %w", err)
+	}
+	chain, err := chainFromResponse(resp)
 	if err != nil {
 		return nil, err
 	}
@@ -258,19 +267,37 @@ func (s *StepCASource) obtain(ctx context.Context) error {
 	defer cancel()
 	// The root first, verified against the configured fingerprint; then
 	// every request goes over TLS verified with it.
-	root, err := s.client.root(ctx, s.cfg.RootFingerprint)
+	boot, err := ca.NewClient(s.cfg.URL, ca.WithTransport(s.transport(nil)), ca.WithTimeout(s.opts.Timeout))
 	if err != nil {
-		return err
+		return fmt.Errorf("pki: step-ca client: %w", err)
 	}
+	rr, err := boot.RootWithContext(ctx, s.cfg.RootFingerprint)
+	if err != nil {
+		return fmt.Errorf("pki: step-ca root %s: %w", s.cfg.RootFingerprint, err)
+	}
+	root := rr.RootPEM.Certificate
 	s.roots = x509.NewCertPool()
 	s.roots.AddCert(root)
-	csr, key, err := csrFromToken(token)
+
+	client, err := s.getClient(ctx)
 	if err != nil {
 		return err
 	}
-	chain, err := s.client.sign(ctx, s.roots, csr, token)
+	req, pk, err := ca.CreateSignRequest(token)
 	if err != nil {
-		return fmt.Errorf("%w (is the token valid, unused and unexpired?)", err)
+		return fmt.Errorf("pki: step-ca token: %w", err)
+	}
+	resp, err := client.SignWithContext(ctx, req)
+	if err != nil {
+		return fmt.Errorf("pki: step-ca sign (is the token valid, unused and unexpired?): %w", err)
+	}
+	chain, err := chainFromResponse(resp)
+	if err != nil {
+		return err
+	}
+	key, ok := pk.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("pki: step-ca: unexpected key type %T", pk)
 	}
 	keyPEM, err := EncodeKey(key, nil)
 	if err != nil {
@@ -351,4 +378,62 @@ func (s *StepCASource) loadPersisted() error {
 		s.log.Info("step-ca: using the persisted certificate", "not_after", c.Leaf.NotAfter)
 	}
 	return err
+}
+
+// getClient returns the CA client, built once the root is known.
+func (s *StepCASource) getClient(ctx context.Context) (*ca.Client, error) {
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	if s.client != nil {
+		return s.client, nil
+	}
+	c, err := ca.NewClient(s.cfg.URL, ca.WithTransport(s.transport(nil)), ca.WithTimeout(s.opts.Timeout))
+	if err != nil {
+		return nil, fmt.Errorf("pki: step-ca client: %w", err)
+	}
+	s.client = c
+	return c, nil
+}
+
+// transport is an HTTPS transport that trusts only the step-ca root and
+// presents cert (nil: none). GetClientCertificate is always set so that
+// smallstep's client never adds the "default identity" of a step CLI user
+// found on the host.
+func (s *StepCASource) transport(cert *tls.Certificate) *http.Transport {
+	empty := &tls.Certificate{}
+	return &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+		TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			RootCAs:    s.roots,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				if cert != nil {
+					return cert, nil
+				}
+				return empty, nil
+			},
+		},
+	}
+}
+
+func chainFromResponse(resp *api.SignResponse) ([]*x509.Certificate, error) {
+	var chain []*x509.Certificate
+	for _, c := range resp.CertChainPEM {
+		if c.Certificate != nil {
+			chain = append(chain, c.Certificate)
+		}
+	}
+	if len(chain) == 0 {
+		if resp.ServerPEM.Certificate == nil {
+			return nil, errors.New("pki: step-ca returned no certificate")
+		}
+		chain = append(chain, resp.ServerPEM.Certificate)
+		if resp.CaPEM.Certificate != nil {
+			chain = append(chain, resp.CaPEM.Certificate)
+		}
+	}
+	return chain, nil
 }
