@@ -73,6 +73,11 @@ func New(opts Options) (*Listener, error) {
 	switch cfg.Protocol {
 	case config.ProtocolModbus:
 		l.handler = newModbusHandler(l)
+	case config.ProtocolOPCUA:
+		var err error
+		if l.handler, err = newOPCUAHandler(l); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("proxy: listener %s: protocol %q is not supported", cfg.Name, cfg.Protocol)
 	}

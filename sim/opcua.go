@@ -160,6 +160,18 @@ func (s *OPCUAServer) start(addr string, opts OPCUAOptions) error {
 	// Handlers registered before Start take precedence over gopcua's own.
 	srv.RegisterHandler(id.WriteRequest_Encoding_DefaultBinary, s.handleWrite)
 	srv.RegisterHandler(id.CallRequest_Encoding_DefaultBinary, s.handleCall)
+	// gopcua answers GetEndpoints only with endpoints whose URL equals the
+	// one the client asked with; Part 4 §5.4.4 makes that URL a hint
+	// ("to determine what URLs to return"), and servers in the field return
+	// their endpoints whatever it is. A client behind a proxy asks with the
+	// proxy's URL, so the simulator answers like those servers.
+	srv.RegisterHandler(id.GetEndpointsRequest_Encoding_DefaultBinary, func(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.Response, error) {
+		req, ok := r.(*ua.GetEndpointsRequest)
+		if !ok {
+			return nil, ua.StatusBadRequestTypeInvalid
+		}
+		return &ua.GetEndpointsResponse{ResponseHeader: okHeader(req.RequestHeader), Endpoints: srv.Endpoints()}, nil
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := srv.Start(ctx); err != nil {
