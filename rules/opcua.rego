@@ -48,6 +48,18 @@ opcua_allows(o) if {
 	service_allowed(o, input.opcua.service)
 }
 
+# On a Sign channel only the OpenSecureChannel is opaque: under any security
+# policy but None its body is encrypted with the receiver's public key (OPC
+# 10000-6, 6.7.4), whatever the mode. Every later message is readable and is
+# checked service by service, so the OPN is allowed like the other session
+# services: it changes nothing on the server.
+opcua_allows(o) if {
+	is_object(o)
+	input.opcua.opaque == true
+	input.opcua.security_mode == "sign"
+	input.opcua.service == "OpenSecureChannel"
+}
+
 opaque_allowed(op) if {
 	is_object(op)
 	input.opcua.security_policy in object.get(op, "security_policies", [])

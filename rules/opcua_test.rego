@@ -231,6 +231,25 @@ test_opaque_without_certificate if {
 	denied(decide(x), "conduit.opcua.opaque", "client certificate (none) is not granted for encrypted messages on listener opcua-line1")
 }
 
+## Signed (Sign) channels: only the OpenSecureChannel is opaque
+
+signed_open(client, service) := object.union(opaque(client, basic256, "aaaa"), {"opcua": {"service": service, "security_mode": "sign"}})
+
+test_signed_open_secure_channel_allowed if {
+	decide(signed_open(loopback, "OpenSecureChannel")).allow
+}
+
+test_signed_opaque_message_denied if {
+	# Nothing else on a Sign channel is opaque; if it were, it would need the
+	# opaque grant like a SignAndEncrypt message.
+	denied(decide(signed_open(loopback, "")), "conduit.opcua.opaque", "encrypted (SignAndEncrypt) messages cannot be inspected and are not granted on listener opcua-line1")
+}
+
+test_encrypted_open_secure_channel_needs_opaque_grant if {
+	x := object.union(opaque(loopback, basic256, "aaaa"), {"opcua": {"service": "OpenSecureChannel"}})
+	denied(decide(x), "conduit.opcua.opaque", "encrypted (SignAndEncrypt) messages cannot be inspected and are not granted on listener opcua-line1")
+}
+
 test_write_limit_max_only if {
 	g := {"opcua-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "opcua": {"writes": [{"node_id": "ns=2;s=Line1.Setpoint", "max": 10}]}}}}
 	decide_with(ua_write(loopback, [setpoint(-100)]), g).allow
