@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -12,6 +14,8 @@ import (
 	"github.com/gopcua/opcua/ua"
 
 	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/policy"
 	"github.com/conduit-ot/conduit/sim"
 )
 
@@ -227,5 +231,198 @@ func TestOPCUAGopcuaNoneMode(t *testing.T) {
 	}
 	if len(requestEvents(rec, "read")) == 0 || len(requestEvents(rec, "browse")) == 0 || len(requestEvents(rec, "publish")) == 0 {
 		t.Errorf("reads, browses or publishes were not audited")
+	}
+}
+
+// Sign: bodies are readable after the signature is stripped, so every
+// request is decided as under None; but the proxy cannot forge a signed
+// ServiceFault nor withhold a signed chunk, so a deny closes the connection,
+// audited with the reason.
+func TestOPCUAGopcuaSignMode(t *testing.T) {
+	srvCert, srvKey := selfSigned(t, "conduit sim", "urn:conduit:sim")
+	cliCert, cliKey := selfSigned(t, "conduit test client", "urn:conduit:test:client")
+	srv := startSimUA(t, sim.OPCUAOptions{Certificate: srvCert, PrivateKey: srvKey, CountEvery: -1})
+	rec := &memRecorder{}
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "      security_mode: sign", ""), referencePolicy(t), rec, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Discovery runs on a None channel (allowed on a sign listener; the
+	// policy sees security_mode none) and is rewritten to the proxy.
+	eps, err := opcua.GetEndpoints(ctx, proxyURL(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := opcua.SelectEndpoint(eps, ua.SecurityPolicyURIBasic256Sha256, ua.MessageSecurityModeSign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.EndpointURL != proxyURL(l) {
+		t.Fatalf("endpoint %s", ep.EndpointURL)
+	}
+	c := gopcuaClient(t, ctx, ep.EndpointURL,
+		opcua.SecurityFromEndpoint(ep, ua.UserTokenTypeAnonymous),
+		opcua.Certificate(cliCert), opcua.PrivateKey(cliKey))
+
+	v, err := c.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx)
+	if err != nil || v.Value() != 500.0 {
+		t.Fatalf("read: %v %v", v, err)
+	}
+	resp, err := c.Write(ctx, writeReq(sim.OPCUASetpoint, 250.0))
+	if err != nil || resp.Results[0] != ua.StatusOK || srv.Setpoint() != 250 {
+		t.Fatalf("allowed write: %v %v", resp, err)
+	}
+	// The signed write was inspected: its value is in the audit trail.
+	var allowed *audit.Event
+	for _, ev := range requestEvents(rec, "write") {
+		if ev.Allowed {
+			allowed = &ev
+		}
+	}
+	if allowed == nil || allowed.Op.OPCUA.SecurityMode != "sign" || allowed.Op.OPCUA.Opaque || allowed.Op.OPCUA.Writes[0].Value != 250.0 || allowed.Op.OPCUA.Session == nil {
+		t.Fatalf("allowed write event %+v", allowed)
+	}
+
+	before := len(srv.Writes())
+	sentBefore := len(tp.sent(tp.count() - 1))
+	_, err = c.Write(ctx, writeReq(sim.OPCUASetpoint, 5000.0))
+	if err == nil {
+		t.Fatal("denied write on a signed channel returned no error")
+	}
+	if len(srv.Writes()) != before || srv.Setpoint() != 250 {
+		t.Fatalf("the server received the denied write: %+v", srv.Writes()[before:])
+	}
+	// The connection is gone: the next request fails too.
+	if _, err := c.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err == nil {
+		t.Fatal("read after a deny on a signed channel succeeded")
+	}
+	waitFor(t, "connection-close events", func() bool { return len(rec.byAction(audit.ActionConnectionClose)) == 2 })
+
+	var denied *audit.Event
+	for _, ev := range requestEvents(rec, "write") {
+		if !ev.Allowed {
+			denied = &ev
+		}
+	}
+	if denied == nil || denied.DenyAction != "close" || denied.StatusCode != 0x801F0000 || denied.Op.OPCUA.Writes[0].Value != 5000.0 {
+		t.Fatalf("denied write event %+v", denied)
+	}
+	closes := rec.byAction(audit.ActionConnectionClose)
+	last := closes[len(closes)-1]
+	if !strings.Contains(last.Reason, "request denied on a sign channel") || !strings.Contains(last.Reason, "exceeds max 1000") {
+		t.Fatalf("close reason %q", last.Reason)
+	}
+	// The OPN of the signed channel was opaque and decided on what it shows.
+	var opn *audit.Event
+	for _, ev := range requestEvents(rec, "open_secure_channel") {
+		if ev.Op.OPCUA.Opaque {
+			opn = &ev
+		}
+	}
+	if opn == nil || !opn.Allowed || opn.Op.OPCUA.SecurityPolicy != ua.SecurityPolicyURIBasic256Sha256 || opn.Op.OPCUA.ClientCertSubject != "CN=conduit test client" || len(opn.Op.OPCUA.ClientCertThumbprint) != 40 {
+		t.Fatalf("signed OPN event %+v", opn)
+	}
+	// Not one byte went upstream after the denied write arrived.
+	if sent := tp.sent(tp.count() - 1); len(sent) != sentBefore {
+		t.Fatalf("%d bytes went upstream after the deny: %v", len(sent)-sentBefore, splitChunks(t, sent[sentBefore:]))
+	}
+}
+
+// SignAndEncrypt: the proxy sees only the channel's security policy and the
+// client certificate. A policy that pins the certificate lets the channel
+// through (every message audited as opaque); one that forbids opaque
+// channels refuses the OPN, and nothing but the HEL reaches the server.
+func TestOPCUAGopcuaSignAndEncrypt(t *testing.T) {
+	srvCert, srvKey := selfSigned(t, "conduit sim", "urn:conduit:sim")
+	cliCert, cliKey := selfSigned(t, "eng-ws-01", "urn:conduit:test:eng")
+	srv := startSimUA(t, sim.OPCUAOptions{Certificate: srvCert, PrivateKey: srvKey, CountEvery: -1})
+	sum := sha1.Sum(cliCert)
+	pinned := hex.EncodeToString(sum[:])
+
+	pin := &funcDecider{fn: func(in *policy.Input) policy.Decision {
+		u := in.Op.OPCUA
+		if u.Opaque && u.SecurityPolicy == ua.SecurityPolicyURIBasic256Sha256 && u.ClientCertThumbprint == pinned {
+			return policy.Decision{Allow: true, Reason: "pinned certificate"}
+		}
+		if !u.Opaque && u.SecurityMode == "none" && in.Op.Access != inspect.AccessWrite {
+			return policy.Decision{Allow: true, Reason: "discovery"}
+		}
+		return policy.Decision{Reason: "encrypted channels need a pinned certificate"}
+	}}
+
+	for _, tc := range []struct {
+		name    string
+		decider policy.Decider
+		allowed bool
+	}{
+		{"pinned", pin, true},
+		{"reference policy forbids opaque", referencePolicy(t), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &memRecorder{}
+			tp := &tap{}
+			l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "      security_mode: sign_and_encrypt", ""), tc.decider, rec, tp)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			eps, err := opcua.GetEndpoints(ctx, proxyURL(l))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ep, err := opcua.SelectEndpoint(eps, ua.SecurityPolicyURIBasic256Sha256, ua.MessageSecurityModeSignAndEncrypt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := opcua.NewClient(ep.EndpointURL, opcua.SecurityFromEndpoint(ep, ua.UserTokenTypeAnonymous),
+				opcua.Certificate(cliCert), opcua.PrivateKey(cliKey), opcua.AutoReconnect(false), opcua.RequestTimeout(5*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Connect(ctx)
+			if !tc.allowed {
+				if err == nil {
+					c.Close(ctx)
+					t.Fatal("an encrypted channel was let through")
+				}
+				waitFor(t, "connection close", func() bool { return len(rec.byAction(audit.ActionConnectionClose)) == 2 })
+				// The encrypted channel's upstream connection carried the
+				// HEL only: the OPN never left the proxy.
+				chunks := splitChunks(t, tp.sent(tp.count()-1))
+				if len(chunks) != 1 || chunks[0].typ != "HEL" {
+					t.Fatalf("upstream saw %d chunks (%s...)", len(chunks), chunks[len(chunks)-1].typ)
+				}
+				evs := requestEvents(rec, "open_secure_channel")
+				ev := evs[len(evs)-1]
+				if ev.Allowed || !ev.Op.OPCUA.Opaque || ev.Op.OPCUA.SecurityMode != "sign_and_encrypt" || ev.Op.OPCUA.ClientCertThumbprint != pinned || ev.DenyAction != "close" {
+					t.Fatalf("OPN event %+v %+v", ev, ev.Op.OPCUA)
+				}
+				if !strings.Contains(ev.Reason, "cannot be inspected") {
+					t.Errorf("reason %q", ev.Reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(ctx)
+			resp, err := c.Write(ctx, writeReq(sim.OPCUASetpoint, 321.0))
+			if err != nil || resp.Results[0] != ua.StatusOK || srv.Setpoint() != 321 {
+				t.Fatalf("write over an encrypted channel: %v %v", resp, err)
+			}
+			// Every message on the encrypted channel was decided and
+			// audited as opaque: the trail says what was not inspected.
+			var opaque int
+			for _, ev := range rec.byAction(audit.ActionRequest) {
+				if u := ev.Op.OPCUA; u.Opaque {
+					opaque++
+					if !ev.Allowed || u.SecurityMode != "sign_and_encrypt" || u.Writes != nil || u.Session != nil {
+						t.Fatalf("opaque event %+v %+v", ev, u)
+					}
+				}
+			}
+			if opaque < 4 { // OPN, CreateSession, ActivateSession, Write at least
+				t.Fatalf("%d opaque events", opaque)
+			}
+		})
 	}
 }
