@@ -426,3 +426,49 @@ func TestOPCUAGopcuaSignAndEncrypt(t *testing.T) {
 		})
 	}
 }
+
+// A Publish is parked on the server until a notification or keep-alive is
+// due, longer than the response timeout: the proxy gives it the client's
+// TimeoutHint instead, so the subscription survives quiet periods.
+func TestOPCUAParkedPublishOutlivesResponseTimeout(t *testing.T) {
+	srv := startSimUA(t, sim.OPCUAOptions{CountEvery: -1})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "", "    timeouts:\n      response: 200ms"), referencePolicy(t), rec, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := gopcuaClient(t, ctx, proxyURL(l))
+	notify := make(chan *opcua.PublishNotificationData, 16)
+	sub, err := c.Subscribe(ctx, &opcua.SubscriptionParameters{Interval: 100 * time.Millisecond, MaxKeepAliveCount: 10}, notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel(ctx)
+	if _, err := sub.Monitor(ctx, ua.TimestampsToReturnBoth, opcua.NewMonitoredItemCreateRequestWithDefaults(ua.MustParseNodeID(sim.OPCUASetpoint), ua.AttributeIDValue, 1)); err != nil {
+		t.Fatal(err)
+	}
+	next := func() float64 {
+		t.Helper()
+		for {
+			select {
+			case n := <-notify:
+				if n.Error != nil {
+					t.Fatalf("notification error: %v", n.Error)
+				}
+				if dc, ok := n.Value.(*ua.DataChangeNotification); ok && len(dc.MonitoredItems) > 0 {
+					v, _ := dc.MonitoredItems[len(dc.MonitoredItems)-1].Value.Value.Value().(float64)
+					return v
+				}
+			case <-ctx.Done():
+				t.Fatal("no notification")
+			}
+		}
+	}
+	next() // the initial value
+	// Quiet for well over the response timeout: the parked Publish stays.
+	time.Sleep(1500 * time.Millisecond)
+	if resp, err := c.Write(ctx, writeReq(sim.OPCUASetpoint, 640.0)); err != nil || resp.Results[0] != ua.StatusOK {
+		t.Fatalf("write: %v %v", resp, err)
+	}
+	for v := next(); v != 640; v = next() {
+	}
+}
