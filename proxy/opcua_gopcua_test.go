@@ -232,6 +232,9 @@ func TestOPCUAGopcuaNoneMode(t *testing.T) {
 	if len(requestEvents(rec, "read")) == 0 || len(requestEvents(rec, "browse")) == 0 || len(requestEvents(rec, "publish")) == 0 {
 		t.Errorf("reads, browses or publishes were not audited")
 	}
+	for _, ev := range rec.byAction(audit.ActionMalformed) {
+		t.Errorf("malformed-frame event: %s (%s)", ev.Reason, ev.Rule)
+	}
 }
 
 // Sign: bodies are readable after the signature is stripped, so every

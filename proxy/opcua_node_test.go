@@ -225,4 +225,16 @@ func TestOPCUANodeOPCUAInterop(t *testing.T) {
 	if n := len(requestEvents(rec, "publish")); n == 0 {
 		t.Error("no Publish was decided")
 	}
+	// A clean session end (CloseSession, CloseSecureChannel) is not an
+	// error of either side.
+	waitFor(t, "connection-close events", func() bool { return len(rec.byAction(audit.ActionConnectionClose)) >= 1 })
+	for _, ev := range rec.byAction(audit.ActionConnectionClose) {
+		t.Logf("connection %d closed: %s", ev.ConnID, ev.Reason)
+	}
+	for _, ev := range rec.byAction(audit.ActionMalformed) {
+		t.Errorf("malformed-frame event: %s (%s)", ev.Reason, ev.Rule)
+	}
+	for _, ev := range rec.byAction(audit.ActionUnsolicited) {
+		t.Errorf("unsolicited-response event: %s", ev.Reason)
+	}
 }
