@@ -74,4 +74,3 @@ func BenchmarkOPCUAWrite(b *testing.B) {
 		}
 	}
 }
-
