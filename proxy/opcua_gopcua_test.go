@@ -402,6 +402,11 @@ func TestOPCUAGopcuaSignAndEncrypt(t *testing.T) {
 				if !strings.Contains(ev.Reason, "cannot be inspected") {
 					t.Errorf("reason %q", ev.Reason)
 				}
+				// Other connections on the listener are unaffected.
+				other := gopcuaClient(t, ctx, proxyURL(l))
+				if _, err := other.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil {
+					t.Fatalf("a None session after the refused encrypted channel: %v", err)
+				}
 				return
 			}
 			if err != nil {
