@@ -161,7 +161,15 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	st := e.states.Get().(*encState)
 	st.ev = ev
 	k := keyOf(ev)
-	base := e.base(k)
+	// Pooled states stay with a P, and a P tends to serve the same
+	// connection again: remembering the last base skips hashing the key.
+	// A remembered base is right even after the cache dropped it, since
+	// the key determines its content.
+	base := st.lastBase
+	if base == nil || k != st.lastKey {
+		base = e.base(k)
+		st.lastKey, st.lastBase = k, base
+	}
 	ent := zapcore.Entry{}
 	if !ev.Time.IsZero() {
 		ent.Time = ev.Time.UTC()
@@ -189,11 +197,13 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 // types below are conversions of *encState (or of parts of the Event), so
 // passing them as interfaces allocates nothing.
 type encState struct {
-	ev     *Event
-	obs    *Observer
-	fields [1]zapcore.Field // the event, inlined at the top level
-	cats   strList4
-	types  strList4
+	ev       *Event
+	obs      *Observer
+	fields   [1]zapcore.Field // the event, inlined at the top level
+	lastKey  baseKey
+	lastBase zapcore.Encoder
+	cats     strList4
+	types    strList4
 	// scratch holds IP addresses, hex strings and the like while they are
 	// handed to the encoder as byte strings. 2*MaxFrameBytes is the
 	// largest user.
