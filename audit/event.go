@@ -5,6 +5,13 @@
 // The audit trail is separate from the operational log. It never decides: it
 // records what the proxy decided, and reports whether the record is durable so
 // that the proxy can refuse a write whose event could not be written.
+//
+// Every field written, its ECS level and meaning, and the event.category and
+// event.type of each action are listed in FIELDS.md beside this file.
+//
+// Recorders: OpenFile (the audit file, group commit, optional fdatasync),
+// NewWriter (a stream such as stdout), Multi (a tee that needs every copy).
+// Package audittest has the recorders and readers for tests.
 package audit
 
 import (
