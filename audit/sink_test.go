@@ -193,7 +193,6 @@ const (
 	enospc              // write nothing, fail with ENOSPC
 	partialENOSPC       // write half the batch, then fail with ENOSPC
 	partialNoErr        // write half the batch and report it without error
-	slow                // pass, after a delay
 )
 
 // faultWriter applies a planned fault to chosen write calls (1-based).
@@ -220,8 +219,6 @@ func (f *faultWriter) Write(p []byte) (int, error) {
 		return n, syscall.ENOSPC
 	case partialNoErr:
 		return f.w.Write(p[:len(p)/2])
-	case slow:
-		time.Sleep(20 * time.Millisecond)
 	}
 	return f.w.Write(p)
 }
@@ -464,7 +461,7 @@ func TestReopenAfterRename(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, func() bool { return s.Stats().Seq >= 50 })
 	rotated := path + ".1"
 	if err := os.Rename(path, rotated); err != nil {
 		t.Fatal(err)
@@ -473,7 +470,8 @@ func TestReopenAfterRename(t *testing.T) {
 	if err := s.Reopen(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	reopened := s.Stats().Seq
+	waitFor(t, func() bool { return s.Stats().Seq >= reopened+50 })
 	close(stop)
 	wg.Wait()
 	if err := s.Close(); err != nil {
@@ -505,9 +503,10 @@ func TestCloseFlushesPending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A slow first write lets the queue fill while Close is called.
-	fw := &faultWriter{plan: map[int]fault{1: slow}}
-	audit.SetFileFaults(s, func(w io.Writer) io.Writer { fw.w = w; return fw }, nil)
+	// The first write blocks, so the queue fills while Close is called.
+	release := make(chan struct{})
+	block := &blockingWriter{release: release, started: make(chan struct{}, 1)}
+	audit.SetFileFaults(s, func(w io.Writer) io.Writer { block.w = w; return block }, nil)
 	var wg sync.WaitGroup
 	results := make([]result, 64)
 	for i := range results {
@@ -519,8 +518,13 @@ func TestCloseFlushesPending(t *testing.T) {
 			results[i] = result{i: i, seq: ev.Seq, err: err}
 		}()
 	}
-	time.Sleep(5 * time.Millisecond)
-	if err := s.Close(); err != nil {
+	<-block.started
+	waitFor(t, func() bool { return s.Stats().Seq >= 10 })
+	closed := make(chan error)
+	go func() { closed <- s.Close() }()
+	time.Sleep(5 * time.Millisecond) // Close is waiting for the writer
+	close(release)
+	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
@@ -545,7 +549,7 @@ func TestCloseFlushesPending(t *testing.T) {
 			t.Errorf("Record: %v", r.err)
 		}
 	}
-	if written != len(recs) || written < 2 {
+	if written != len(recs) || written < 10 {
 		t.Errorf("%d acknowledged, %d in file", written, len(recs))
 	}
 	if err := s.Record(modbusWrite()); !errors.Is(err, audit.ErrClosed) {
@@ -664,7 +668,10 @@ type blockingWriter struct {
 }
 
 func (b *blockingWriter) Write(p []byte) (int, error) {
-	b.started <- struct{}{}
+	select {
+	case b.started <- struct{}{}:
+	default:
+	}
 	<-b.release
 	return b.w.Write(p)
 }
