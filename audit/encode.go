@@ -53,7 +53,12 @@ type Observer struct {
 // client identity) are encoded once into the context of a zap encoder,
 // which zap copies into every entry as bytes. These encoders are cached by
 // those fields; an Identity is immutable once built (pki), so its pointer
-// names it. A connection-close event drops its connection's entry.
+// names it. A connection-close event drops its connection's entry. Pass the
+// same *pki.Identity for all events of a connection (the proxy builds it once
+// per connection), or every event pays for encoding the certificate.
+//
+// The Encoder uses a zapcore JSON encoder directly, with no zap.Logger or
+// Core in between: no sampling, no level filtering, every event is encoded.
 type Encoder struct {
 	cfg    zapcore.EncoderConfig
 	obs    Observer
@@ -117,8 +122,11 @@ func keyOf(ev *Event) baseKey {
 	}
 }
 
-// base returns the encoder whose context holds the static fields of ev.
-func (e *Encoder) base(k baseKey) zapcore.Encoder {
+// base returns the encoder whose context holds the static fields of k. Only
+// the events of a live connection (its opening and its requests) add to the
+// cache: a flood of refused handshakes or stray events, each with a new
+// source port, must not push the live connections out.
+func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 	if b, ok := e.bases.Load(k); ok {
 		return b.(zapcore.Encoder)
 	}
@@ -140,6 +148,9 @@ func (e *Encoder) base(k baseKey) zapcore.Encoder {
 	}
 	if k.tls != "" || k.id != nil {
 		_ = b.AddObject("tls", (*tlsObject)(st))
+	}
+	if !store {
+		return b
 	}
 	if e.nbases.Load() >= maxBases {
 		e.bases.Clear()
@@ -167,7 +178,7 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	// the key determines its content.
 	base := st.lastBase
 	if base == nil || k != st.lastKey {
-		base = e.base(k)
+		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
 		st.lastKey, st.lastBase = k, base
 	}
 	ent := zapcore.Entry{}
