@@ -216,14 +216,17 @@ func (s *Sink) RecordContext(ctx context.Context, ev *Event) error {
 	if s.lost != nil {
 		s.appendNoticeLocked(b)
 	}
-	if err := s.appendLocked(b, ev); err != nil {
-		s.mu.Unlock()
-		return err
+	err := s.appendLocked(b, ev)
+	if err == nil {
+		b.events++
 	}
-	b.events++
+	queued := b.total > 0 // the notice may be queued even if ev failed to encode
 	s.mu.Unlock()
-	if wasEmpty {
+	if wasEmpty && queued {
 		s.wake()
+	}
+	if err != nil {
+		return err
 	}
 	<-b.done
 	return b.err
