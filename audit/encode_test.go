@@ -509,3 +509,51 @@ func normalize(v any) any {
 	_ = d.Decode(&out)
 	return out
 }
+
+func TestEncodeValueTypes(t *testing.T) {
+	enc := audit.NewEncoder(testObserver)
+	if enc.Observer() != testObserver {
+		t.Errorf("Observer() = %+v", enc.Observer())
+	}
+	type opaque struct{ x int }
+	values := []any{
+		nil, true, "s", float64(1.5), float32(0.25), int64(-1), int(-2), int32(-3), int16(-4), int8(-5),
+		uint64(1 << 63), uint(6), uint32(7), uint16(8), uint8(9), []byte{0xff, 0}, []any{int64(1), nil, []any{"x"}},
+		map[string]any{"z": false, "a": []any{}}, opaque{1},
+	}
+	want := []string{
+		`null`, `true`, `"s"`, `1.5`, `0.25`, `-1`, `-2`, `-3`, `-4`, `-5`,
+		`9223372036854775808`, `6`, `7`, `8`, `9`, `"/wA="`, `[1,null,["x"]]`,
+		`{"a":[],"z":false}`,
+	}
+	ev := opcuaWrite()
+	ev.Op.OPCUA.Writes = nil
+	for _, v := range values {
+		ev.Op.OPCUA.Writes = append(ev.Op.OPCUA.Writes, inspect.OPCUAWrite{NodeID: "n", Value: v})
+	}
+	ev.Op.OPCUA.Calls = []inspect.OPCUACall{{ObjectID: "o", MethodID: "m", Arguments: values}}
+	m := decode(t, encodeLine(t, enc, ev))
+	writes, _ := lookup(m, "opcua.writes")
+	args, _ := lookup(m, "opcua.calls")
+	argList := args.([]any)[0].(map[string]any)["arguments"].([]any)
+	for i, w := range writes.([]any) {
+		obj := w.(map[string]any)
+		if i == len(values)-1 {
+			// A type the decoders do not produce is flagged, not guessed.
+			if obj["value_unsupported"] != true || obj["value"] != nil {
+				t.Errorf("unsupported value: %v", obj)
+			}
+			if got := normalize(argList[i]); !reflect.DeepEqual(got, normalize(map[string]any{"unsupported": true})) {
+				t.Errorf("unsupported argument: %v", got)
+			}
+			continue
+		}
+		exp := normalize(decode(t, []byte(`{"v":`+want[i]+`}`))["v"])
+		if got := normalize(obj["value"]); !reflect.DeepEqual(got, exp) {
+			t.Errorf("value %T: %v, want %v", values[i], got, exp)
+		}
+		if got := normalize(argList[i]); !reflect.DeepEqual(got, exp) {
+			t.Errorf("argument %T: %v, want %v", values[i], got, exp)
+		}
+	}
+}

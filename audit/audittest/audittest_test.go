@@ -179,3 +179,27 @@ func TestCheckSequenceAndAllowedWrites(t *testing.T) {
 		t.Error("CheckSequence accepted a record without sequence")
 	}
 }
+
+func TestReadFile(t *testing.T) {
+	path := t.TempDir() + "/audit.jsonl"
+	s, err := audit.OpenFile(path, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := s.Record(write(i != 1, false, inspect.AccessWrite)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	recs, err := audittest.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 3 || audittest.CheckSequence(recs) != nil || len(audittest.AllowedWrites(recs)) != 2 {
+		t.Errorf("ReadFile: %v", recs)
+	}
+	if _, err := audittest.ReadFile(path + ".missing"); err == nil {
+		t.Error("ReadFile of a missing file succeeded")
+	}
+}
