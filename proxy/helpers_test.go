@@ -223,3 +223,13 @@ func (c *rawConn) expectClosed() {
 		c.t.Fatal("connection still open (read timed out)")
 	}
 }
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
