@@ -105,7 +105,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // listenerConfig parses a one-listener configuration through the real
 // config loader (defaults included) and returns the listener.
-func listenerConfig(t *testing.T, upstream string, extra string) config.Listener {
+func listenerConfig(t testing.TB, upstream string, extra string) config.Listener {
 	t.Helper()
 	y := fmt.Sprintf(`listeners:
   - name: plc-test
@@ -126,7 +126,7 @@ audit:
 }
 
 // startProxy serves a listener until the test ends.
-func startProxy(t *testing.T, lc config.Listener, d policy.Decider, r audit.Recorder) *Listener {
+func startProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.Recorder) *Listener {
 	t.Helper()
 	l, err := New(Options{Listener: lc, Decider: d, Recorder: r})
 	if err != nil {
