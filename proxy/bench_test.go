@@ -167,4 +167,3 @@ func BenchmarkModbusThroughput(b *testing.B) {
 type discard struct{}
 
 func (discard) Record(*audit.Event) error { return nil }
-
