@@ -170,11 +170,15 @@ type seg struct {
 	payload    []byte
 	at         time.Duration // capture time after t0
 	snap       int           // if > 0, cut the frame to this many bytes
+	raw        []byte        // if set, the frame as is (c, flags... unused)
 }
 
 // frame serialises a segment with the given framing.
 func frame(t testing.TB, l link, s seg) []byte {
 	t.Helper()
+	if s.raw != nil {
+		return s.raw
+	}
 	src, dst := s.c.cli, s.c.srv
 	sp, dp := s.c.cliPort, s.c.srvPort
 	smac, dmac := cliMAC, srvMAC
@@ -284,6 +288,50 @@ func pcapFile(t testing.TB, l link, segs ...seg) []byte {
 		}
 	}
 	return out.Bytes()
+}
+
+// pcapngFile writes a pcapng file with one interface per link and each
+// segment on the given interface (ifaceOf[i], default 0). Link types above
+// 255 are patched into the interface blocks after writing (pcapgo's
+// NgInterface.LinkType is a uint8).
+func pcapngFile(t testing.TB, links []link, ifaceOf []int, segs ...seg) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	w, err := pcapgo.NewNgWriterInterface(&out, pcapgo.NgInterface{LinkType: layers.LinkType(links[0].linkType()), SnapLength: 65535}, pcapgo.NgWriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links[1:] {
+		if _, err := w.AddInterface(pcapgo.NgInterface{LinkType: layers.LinkType(l.linkType()), SnapLength: 65535}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range segs {
+		iface := 0
+		if i < len(ifaceOf) {
+			iface = ifaceOf[i]
+		}
+		b := frame(t, links[iface], s)
+		ci := gopacket.CaptureInfo{Timestamp: t0.Add(s.at), Length: len(b), CaptureLength: len(b), InterfaceIndex: iface}
+		if err := w.WritePacket(ci, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	b := out.Bytes()
+	// Patch the interface blocks' link types (little-endian file).
+	iface := 0
+	for off := 0; off+12 <= len(b); {
+		typ, n := binary.LittleEndian.Uint32(b[off:]), int(binary.LittleEndian.Uint32(b[off+4:]))
+		if typ == ngBlockIDB {
+			binary.LittleEndian.PutUint16(b[off+8:], uint16(links[iface].linkType()))
+			iface++
+		}
+		off += n
+	}
+	return b
 }
 
 // exchange builds a complete connection: handshake, the given requests and

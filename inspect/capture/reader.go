@@ -32,6 +32,10 @@ const pageBytes = 1900
 // a syscall per MiB, not per record.
 const readBufSize = 1 << 20
 
+// minReadBufSize is the smallest read buffer: pcapgo wraps a reader in its
+// own 4 KiB bufio.Reader unless it already is one at least that large.
+const minReadBufSize = 4096
+
 // ctxCheckEvery is how many records pass between checks of the context
 // and the progress callback.
 const ctxCheckEvery = 1024
@@ -155,7 +159,11 @@ func (r *Reader) ReadCapture(ctx context.Context, name string, in io.Reader, siz
 		return ctx.Err()
 	}
 	cr := &countingReader{r: in}
-	br := bufio.NewReaderSize(cr, readBufSize)
+	bufSize := readBufSize
+	if size >= 0 && size < readBufSize {
+		bufSize = max(int(size)+1, minReadBufSize)
+	}
+	br := bufio.NewReaderSize(cr, bufSize)
 	src, err := openSource(br)
 	if err != nil {
 		return fmt.Errorf("capture: %s: %w", name, err)
