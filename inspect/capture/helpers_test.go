@@ -35,9 +35,12 @@ type recorder struct {
 	t      testing.TB
 	flows  []*recFlow
 	ignore func(Flow) bool
+	calls  int      // NewStream calls
+	log    []string // every event of every flow: "<flow id> <event>"
 }
 
 func (rec *recorder) NewStream(f Flow) Stream {
+	rec.calls++
 	if rec.ignore != nil && rec.ignore(f) {
 		return nil
 	}
@@ -60,7 +63,12 @@ func (s *recStream) Data(dir Dir, b []byte, ts time.Time) {
 	}
 	s.f.data[dir] = append(s.f.data[dir], b...)
 	s.f.chunks[dir] = append(s.f.chunks[dir], chunk{len(b), ts})
-	s.f.events = append(s.f.events, fmt.Sprintf("d%d:%d", dir, len(b)))
+	s.event(fmt.Sprintf("d%d:%d", dir, len(b)))
+}
+
+func (s *recStream) event(e string) {
+	s.f.events = append(s.f.events, e)
+	s.rec.log = append(s.rec.log, fmt.Sprintf("%d %s", s.f.flow.ID, e))
 }
 
 func (s *recStream) Gap(dir Dir, n int) {
@@ -68,7 +76,7 @@ func (s *recStream) Gap(dir Dir, n int) {
 		s.rec.t.Errorf("flow %v: Gap after End", s.f.flow)
 	}
 	s.f.gaps[dir] = append(s.f.gaps[dir], n)
-	s.f.events = append(s.f.events, fmt.Sprintf("g%d:%d", dir, n))
+	s.event(fmt.Sprintf("g%d:%d", dir, n))
 }
 
 func (s *recStream) End(reason EndReason) {
@@ -77,7 +85,7 @@ func (s *recStream) End(reason EndReason) {
 		s.rec.t.Errorf("flow %v: End called %d times", s.f.flow, s.f.ends)
 	}
 	s.f.end = reason
-	s.f.events = append(s.f.events, "end:"+reason.String())
+	s.event("end:" + reason.String())
 }
 
 // checkEnded fails unless every recorded flow got exactly one End.
