@@ -41,7 +41,11 @@ type halfState struct {
 	mid      bool   // started without its SYN: GapUnknown before first Data
 	started  bool   // something was delivered (or a gap reported)
 	fin      bool   // a FIN was accepted
-	lastTS   time.Time
+	// peerAck is the latest acknowledgment of this direction by the other
+	// side: the receiver's RCV.NXT, against which a RST is checked.
+	peerAck      uint32
+	peerAckValid bool
+	lastTS       time.Time
 	// holeArmed: the last in-order segment was cut by the snap length, so
 	// the bytes after it will never arrive; give up the hole at once when
 	// the next segment is buffered.
@@ -207,17 +211,25 @@ func (r *Reader) handleTCP(d *packetDecoder, ts time.Time) {
 		tcp.FIN, tcp.RST = false, false
 	}
 
-	// RFC 5961 §3.2: a RST ends the connection only at the exact stream
-	// position (after a FIN, one past it). Anything else is ignored, so a
-	// forged or stale RST cannot blind the replay to what follows.
+	// RFC 5961 §3.2: a RST ends the connection only at the receiver's
+	// RCV.NXT exactly, as its ACKs show, or at our stream position (after
+	// a FIN, one past it). Anything else is ignored, so a forged or stale
+	// RST cannot blind the replay to what follows. With neither known (a
+	// reply to a SYN) it is accepted.
 	validRST := false
 	if tcp.RST {
-		if h.posValid && tcp.Seq != h.pos && !(h.fin && tcp.Seq == h.pos+1) {
+		atAck := h.peerAckValid && tcp.Seq == h.peerAck
+		atPos := h.posValid && (tcp.Seq == h.pos || (h.fin && tcp.Seq == h.pos+1))
+		if !atAck && !atPos && (h.peerAckValid || h.posValid) {
 			r.stats.IgnoredRST++
 			return
 		}
 		validRST = true
 		f.rst = true
+	}
+	if tcp.ACK {
+		rev := &f.half[dir^1]
+		rev.peerAck, rev.peerAckValid = tcp.Ack, true
 	}
 	if tcp.FIN {
 		// A FIN before data already delivered would close the direction

@@ -40,6 +40,25 @@ func TestRST(t *testing.T) {
 	}
 }
 
+// TestInjectedRST: a RST claiming to come from a side that has sent no
+// data yet is checked against that side's position as the other side
+// acknowledges it.
+func TestInjectedRST(t *testing.T) {
+	c := conn{cli: cliIP4, srv: srvIP4, cliPort: 48150, srvPort: 502}
+	segs := []seg{
+		data(c, true, 7000, 9000, mbReq(1), 0),                                   // mid-stream: the server has sent nothing yet
+		seg{c: c, fromClient: false, flags: "RA", seq: 12345, ack: 7012, at: ms}, // forged
+		data(c, false, 9000, 7012, mbResp(1), 2*ms),
+		seg{c: c, fromClient: false, flags: "R", seq: 9013, at: 3 * ms}, // genuine
+	}
+	rec, st := run(t, pcapFile(t, linkEth, segs...), Options{})
+	f := onlyFlow(t, rec)
+	wantEvents(t, f, "g0:-1", "d0:12", "g1:-1", "d1:13", "end:rst")
+	if st.IgnoredRST != 1 {
+		t.Errorf("ignored RST %d", st.IgnoredRST)
+	}
+}
+
 // TestStaleRSTAndFIN: a RST off the stream position and a FIN behind it
 // (forged, or stale) do not end or truncate the flow.
 func TestStaleRSTAndFIN(t *testing.T) {
