@@ -94,7 +94,14 @@ func newPacketDecoder() *packetDecoder {
 	d := &packetDecoder{decoded: make([]gopacket.LayerType, 0, 16)}
 	all := []gopacket.DecodingLayer{&d.eth, &d.dot1q, &d.ip4, &d.ip6, &d.ip6ext, &d.tcp}
 	mk := func(first gopacket.LayerType) *gopacket.DecodingLayerParser {
-		p := gopacket.NewDecodingLayerParser(first, all...)
+		p := gopacket.NewDecodingLayerParser(first)
+		// A slice indexed by layer type: cheaper per layer than the
+		// default map.
+		dlc := gopacket.DecodingLayerContainer(gopacket.DecodingLayerSparse(nil))
+		for _, l := range all {
+			dlc = dlc.Put(l)
+		}
+		p.SetDecodingLayerContainer(dlc)
 		// The layer after TCP (payload, or gopacket's guess from the port)
 		// is not decoded: stop there without an error.
 		p.IgnoreUnsupported = true

@@ -58,8 +58,11 @@
 //
 // # Cost
 //
-// Records are read without per-record allocation (ZeroCopyReadPacketData),
-// decoded with preallocated layers (DecodingLayerParser), and in-order
-// segments are handed to the Stream without copying; out-of-order data is
-// copied once into the assembler's pages.
+// Reading is a two-stage pipeline: a helper goroutine reads records
+// (ZeroCopyReadPacketData) and decodes link and IP headers with
+// preallocated layers (DecodingLayerParser) into recycled batches; the
+// calling goroutine tracks flows, reassembles and calls the Streams. Nothing
+// is allocated per record; a record is copied once, into its batch;
+// in-order segments reach the Stream without further copying, out-of-order
+// data is copied once more into the assembler's pages.
 package capture

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/gopacket"
 )
 
 // recordEnds returns the offsets at which each record of a capture ends
@@ -250,7 +252,47 @@ func TestProgressAndCancel(t *testing.T) {
 	}
 	st = r.Close()
 	rec.checkEnded()
-	if f := onlyFlow(t, rec); f.end != EndCanceled || st.Packets > ctxCheckEvery {
+	if f := onlyFlow(t, rec); f.end != EndCanceled || st.Packets > batchRecords {
 		t.Errorf("end %v after %d packets", f.end, st.Packets)
+	}
+}
+
+// panicSource yields a few records, then panics like a record reader on
+// malformed input would.
+type panicSource struct {
+	frames [][]byte
+	n      int
+}
+
+func (p *panicSource) next() ([]byte, gopacket.CaptureInfo, linkType, error) {
+	if p.n == len(p.frames) {
+		panic("malformed input")
+	}
+	b := p.frames[p.n]
+	p.n++
+	return b, gopacket.CaptureInfo{Timestamp: t0, CaptureLength: len(b), Length: len(b)}, linkEthernet, nil
+}
+
+// TestReaderPanicBackstop: a panic in a record reader ends that file with
+// an ErrCorrupt warning after delivering what came before it.
+func TestReaderPanicBackstop(t *testing.T) {
+	c := conn4(49000)
+	src := &panicSource{}
+	for _, s := range exchange(c, [][]byte{mbReq(1)}, [][]byte{mbResp(1)})[:5] {
+		src.frames = append(src.frames, frame(t, linkEth, s))
+	}
+	rec := &recorder{t: t}
+	r := NewReader(rec, Options{})
+	if err := r.readRecords(context.Background(), "panicky", src, &countingReader{}, -1); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Close()
+	f := onlyFlow(t, rec)
+	if !bytes.Equal(f.data[0], mbReq(1)) || !bytes.Equal(f.data[1], mbResp(1)) || f.end != EndEOF {
+		t.Errorf("flow %x / %x %v", f.data[0], f.data[1], f.end)
+	}
+	if st.FilesCorrupt != 1 || len(st.Warnings) != 1 || !errors.Is(st.Warnings[0].Err, errReaderPanic) ||
+		!errors.Is(st.Warnings[0].Err, ErrCorrupt) || st.Warnings[0].Packet != 5 {
+		t.Errorf("corrupt %d warnings %v", st.FilesCorrupt, st.Warnings)
 	}
 }

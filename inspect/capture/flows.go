@@ -133,8 +133,8 @@ func (g gpFactory) New(_, _ gopacket.Flow, _ *layers.TCP, _ reassembly.Assembler
 
 // handleTCP runs one decoded TCP segment through flow tracking and
 // reassembly.
-func (r *Reader) handleTCP(d *packetDecoder, ts time.Time) {
-	tcp := &d.tcp
+func (r *Reader) handleTCP(tcp *layers.TCP, d *record) {
+	ts := d.ts
 	sp, dp := uint16(tcp.SrcPort), uint16(tcp.DstPort)
 	var k tupleKey
 	fromA := true
@@ -180,7 +180,7 @@ func (r *Reader) handleTCP(d *packetDecoder, ts time.Time) {
 		}
 		r.flows[k] = f
 		r.live++
-		r.materialize(f, d, fromA, ts)
+		r.materialize(f, tcp, d, fromA)
 	}
 	f.lastSeen = ts
 	if !f.fed {
@@ -285,8 +285,7 @@ func (r *Reader) ignoredControl(f *flowState, tcp *layers.TCP, fromA bool) {
 }
 
 // materialize decides the roles, numbers the flow and asks the factory.
-func (r *Reader) materialize(f *flowState, d *packetDecoder, fromA bool, ts time.Time) {
-	tcp := &d.tcp
+func (r *Reader) materialize(f *flowState, tcp *layers.TCP, d *record, fromA bool) {
 	src := netip.AddrPortFrom(addrOf(d.src, d.v4), uint16(tcp.SrcPort))
 	dst := netip.AddrPortFrom(addrOf(d.dst, d.v4), uint16(tcp.DstPort))
 	client, server := src, dst
@@ -316,7 +315,7 @@ func (r *Reader) materialize(f *flowState, d *packetDecoder, fromA bool, ts time
 		ID:        r.nextID,
 		Client:    client,
 		Server:    server,
-		FirstSeen: ts,
+		FirstSeen: d.ts,
 		Roles:     roles,
 		Handshake: tcp.SYN && !tcp.ACK,
 	}

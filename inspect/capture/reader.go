@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 	"github.com/google/gopacket/reassembly"
 )
@@ -36,10 +37,6 @@ const readBufSize = 1 << 20
 // own 4 KiB bufio.Reader unless it already is one at least that large.
 const minReadBufSize = 4096
 
-// ctxCheckEvery is how many records pass between checks of the context
-// and the progress callback.
-const ctxCheckEvery = 1024
-
 var errFlowLimit = errors.New("too many concurrent flows (Options.MaxFlows): packets of new flows dropped")
 
 // Reader reads captures and delivers every TCP connection in them, both
@@ -47,7 +44,8 @@ var errFlowLimit = errors.New("too many concurrent flows (Options.MaxFlows): pac
 // by one Reader form one continuous capture: a flow may span files.
 //
 // A Reader is not safe for concurrent use. Streams are called from the
-// goroutine calling ReadFile, ReadCapture or Close.
+// goroutine calling ReadFile, ReadCapture or Close, one at a time; a helper
+// goroutine reads and decodes records ahead of it while a file is read.
 type Reader struct {
 	factory StreamFactory
 	opt     Options
@@ -59,7 +57,8 @@ type Reader struct {
 	maxFlows    int
 	tickEvery   time.Duration
 
-	dec  *packetDecoder
+	free chan *batch // the pipeline's batches, recycled across files
+	tcp  layers.TCP  // the segment being handled
 	actx asmContext
 
 	flows   map[tupleKey]*flowState
@@ -103,7 +102,6 @@ func NewReader(factory StreamFactory, opt Options) *Reader {
 	r := &Reader{
 		factory:  factory,
 		opt:      opt,
-		dec:      newPacketDecoder(),
 		flows:    make(map[tupleKey]*flowState),
 		maxFlows: opt.MaxFlows,
 	}
@@ -150,7 +148,8 @@ func (r *Reader) ReadFile(ctx context.Context, path string) error {
 }
 
 // ReadCapture is ReadFile for any reader: name is used in errors, warnings
-// and progress, size (or -1) in progress.
+// and progress, size (or -1) in progress. in is read from a helper
+// goroutine, and no longer once ReadCapture has returned.
 func (r *Reader) ReadCapture(ctx context.Context, name string, in io.Reader, size int64) error {
 	if r.closed {
 		return errors.New("capture: Reader used after Close")
@@ -169,43 +168,7 @@ func (r *Reader) ReadCapture(ctx context.Context, name string, in io.Reader, siz
 		return fmt.Errorf("capture: %s: %w", name, err)
 	}
 	r.stats.Files++
-	var (
-		filePackets  uint64
-		lastProgress int64
-	)
-	progress := func() {
-		if r.opt.Progress != nil {
-			lastProgress = cr.n
-			r.opt.Progress(Progress{File: name, Read: cr.n, Size: size, Packets: r.stats.Packets})
-		}
-	}
-	for {
-		data, ci, lt, err := nextRecord(src)
-		if err != nil {
-			if err != io.EOF {
-				if errors.Is(err, ErrTruncated) {
-					r.stats.FilesTruncated++
-				} else {
-					r.stats.FilesCorrupt++
-				}
-				r.warnFile(name, filePackets, err)
-			}
-			break
-		}
-		filePackets++
-		r.packet(lt, data, ci)
-		if filePackets%ctxCheckEvery == 0 {
-			if err := ctx.Err(); err != nil {
-				r.canceled = err
-				return err
-			}
-			if cr.n-lastProgress >= readBufSize {
-				progress()
-			}
-		}
-	}
-	progress()
-	return nil
+	return r.readRecords(ctx, name, src, cr, size)
 }
 
 // Close ends every flow still open (EndEOF, after delivering the data
@@ -255,35 +218,6 @@ func (r *Reader) warnFile(file string, packets uint64, err error) {
 
 func (r *Reader) warn(err error) { r.warnFile("", r.stats.Packets, err) }
 
-// packet handles one capture record.
-func (r *Reader) packet(lt linkType, data []byte, ci gopacket.CaptureInfo) {
-	r.stats.Packets++
-	r.stats.Bytes += uint64(len(data))
-	ts := ci.Timestamp
-	if ts.After(r.now) {
-		if r.lastTick.IsZero() {
-			r.lastTick = ts
-		}
-		r.now = ts
-		if r.now.Sub(r.lastTick) >= r.tickEvery {
-			r.tick()
-		}
-	}
-	switch r.dec.decode(lt, data, ci.Length) {
-	case resTCP:
-		r.stats.TCPPackets++
-		r.handleTCP(r.dec, ts)
-	case resNonTCP:
-		r.stats.NonTCP++
-	case resFragment:
-		r.stats.Fragments++
-	case resUndecodable:
-		r.stats.Undecodable++
-	case resUnknownLink:
-		r.stats.UnknownLinkType++
-	}
-}
-
 // tick runs the capture-time timers: holes older than GapTimeout are given
 // up, flows idle for IdleTimeout ended.
 func (r *Reader) tick() {
@@ -309,19 +243,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// nextRecord is src.next with a backstop: a panic in the third-party
-// record readers on a malformed file ends that file with an ErrCorrupt
-// warning instead of the whole replay. (The known ones are prevented by
-// ngGuard; FuzzReadCapture fails on any such warning.)
-func nextRecord(src source) (data []byte, ci gopacket.CaptureInfo, lt linkType, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			data, err = nil, fmt.Errorf("%w: %w: %v", ErrCorrupt, errReaderPanic, p)
-		}
-	}()
-	return src.next()
-}
-
+// errReaderPanic marks the warning for a file whose record reader panicked.
 var errReaderPanic = errors.New("record reader panicked")
 
 // source yields the records of one file.
