@@ -288,5 +288,5 @@ type Stats struct {
 	IgnoredFIN         uint64    // FINs before the stream position, dropped
 	PacketsAfterEnd    uint64    // packets of a flow after its End
 	WarningsDropped    int       // warnings past the first 100
-	Warnings           []Warning // truncated and corrupt files
+	Warnings           []Warning // truncated and corrupt files, the flow limit
 }
