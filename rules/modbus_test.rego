@@ -2,7 +2,7 @@
 # FC 23, file records, FIFO, units, broadcast, diagnostics and other codes.
 package conduit_test
 
-## Reads (example data: every table 0..99 for loopback clients)
+## Reads (fixture: every table 0..99 for loopback clients)
 
 test_read_each_table if {
 	every t in ["coils", "discrete_inputs", "input_registers", "holding_registers"] {
@@ -68,7 +68,7 @@ test_broadcast_write_needs_unit_0_listed if {
 	denied(decide(broadcast_write), "conduit.modbus.unit", "unit 0 is not granted on listener plc-line1")
 }
 
-## Register writes (example data: holding registers 10..19, 0..1000)
+## Register writes (fixture: holding registers 10..19, 0..1000)
 
 test_write_single_register if {
 	d := decide(write_hr(loopback, 15, 500))
@@ -160,7 +160,7 @@ test_write_to_read_only_table if {
 	denied(decide(x), "conduit.modbus.write", "function 6 (write single register) does not write a data table the policy knows")
 }
 
-## Coils (example data: coils 0..15, no limits)
+## Coils (fixture: coils 0..15, no limits)
 
 write_coils(address, values) := mb(loopback, "write", "write_multiple_coils", {
 	"unit": 1, "function": 15, "table": "coils", "address": address, "quantity": count(values), "values": values,
