@@ -141,6 +141,15 @@ test_opcua_opaque_needs_pins if {
 	}
 }
 
+# An empty user_names does not restrict the session user at all (every user
+# passes, as without it), unlike every other empty list in a grant.
+test_empty_user_names_is_reported if {
+	count(ua_errors({"read": true, "user_names": ["engineer1"]})) == 0
+	ua_errors({"read": true, "user_names": []}) == {
+		"grants.l.x.opcua.user_names is empty: every session user passes, as without it (remove it, or list the users)",
+	}
+}
+
 test_empty_criterion_is_reported if {
 	grant_errors({"clients": {"cidrs": ["10.0.0.0/8"], "roles": []}, "opcua": {}}) == {
 		"grants.l.x.clients.roles is empty: it matches nobody (remove it to not restrict by it)",
