@@ -137,7 +137,8 @@ const otherPlantJSON = `{
   }
 }`
 
-// otherPlantDataTest is the data_test.rego that team writes for its grants.
+// otherPlantDataTest is the data_test.rego that team writes for its grants
+// (README.md quotes test_hmi_setpoint_limit).
 const otherPlantDataTest = `package conduit_test
 
 import data.conduit
