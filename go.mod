@@ -13,6 +13,7 @@ require (
 	github.com/spf13/cobra v1.10.2
 	go.step.sm/crypto v0.77.1
 	go.uber.org/zap v1.28.0
+	go.uber.org/zap/exp v0.3.0
 	go.yaml.in/yaml/v3 v3.0.5
 )
 

@@ -5,6 +5,13 @@
 // The audit trail is separate from the operational log. It never decides: it
 // records what the proxy decided, and reports whether the record is durable so
 // that the proxy can refuse a write whose event could not be written.
+//
+// Every field written, its ECS level and meaning, and the event.category and
+// event.type of each action are listed in FIELDS.md beside this file.
+//
+// Recorders: OpenFile (the audit file, group commit, optional fdatasync),
+// NewWriter (a stream such as stdout), Multi (a tee that needs every copy).
+// Package audittest has the recorders and readers for tests.
 package audit
 
 import (
@@ -27,6 +34,10 @@ const (
 	ActionCertReload      = "certificate-reload"
 	ActionStart           = "start"
 	ActionStop            = "stop"
+	// ActionAuditFailure is written by a recorder itself, after a failed
+	// batch, to say which sequence numbers are missing from the trail and
+	// why (see FIELDS.md, conduit.audit.*).
+	ActionAuditFailure = "audit-write-failure"
 )
 
 // Outcome values (ECS event.outcome).
@@ -39,7 +50,7 @@ const (
 // Event is one audit record. The recorder assigns Seq and, when zero, Time.
 // Fields map to ECS as noted; empty fields are omitted from the output.
 type Event struct {
-	Seq  uint64    // conduit.sequence: strictly increasing per audit file
+	Seq  uint64    // event.sequence: strictly increasing per audit file
 	Time time.Time // @timestamp
 
 	Action  string // event.action
@@ -74,6 +85,10 @@ type Event struct {
 	// Bytes is the raw frame for malformed-frame events (truncated to a
 	// bounded prefix by the recorder), hex-encoded as conduit.frame.
 	Bytes []byte
+
+	// lost is set only on the notice a recorder writes after a failed
+	// batch (ActionAuditFailure).
+	lost *lostRange
 }
 
 // Recorder writes events. Record returns only when the event is written to

@@ -105,7 +105,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // listenerConfig parses a one-listener configuration through the real
 // config loader (defaults included) and returns the listener.
-func listenerConfig(t *testing.T, upstream string, extra string) config.Listener {
+func listenerConfig(t testing.TB, upstream string, extra string) config.Listener {
 	t.Helper()
 	y := fmt.Sprintf(`listeners:
   - name: plc-test
@@ -126,7 +126,7 @@ audit:
 }
 
 // startProxy serves a listener until the test ends.
-func startProxy(t *testing.T, lc config.Listener, d policy.Decider, r audit.Recorder) *Listener {
+func startProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.Recorder) *Listener {
 	t.Helper()
 	l, err := New(Options{Listener: lc, Decider: d, Recorder: r})
 	if err != nil {
@@ -222,4 +222,14 @@ func (c *rawConn) expectClosed() {
 	if errors.As(err, &ne) && ne.Timeout() {
 		c.t.Fatal("connection still open (read timed out)")
 	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -230,16 +230,18 @@ func (m *mbConn) requestEvent(d policy.Decision) *audit.Event {
 	return &m.ev
 }
 
+// malformed audits a frame whose framing could not be trusted. It runs on
+// either reader goroutine, so it does not use the request path's event.
 func (m *mbConn) malformed(direction, code, msg string, frame []byte) {
 	m.h.l.metrics.malformed(direction)
-	m.ev = audit.Event{
+	ev := audit.Event{
 		Action:  audit.ActionMalformed,
 		Outcome: audit.OutcomeFailure,
 		Reason:  direction + ": " + msg,
 		Rule:    "framing." + code,
 		Bytes:   frame,
 	}
-	m.c.record(&m.ev)
+	m.c.record(&ev)
 }
 
 // admit checks that the request can be paired with its response.

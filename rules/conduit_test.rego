@@ -57,14 +57,19 @@ write_hrs(client, address, values) := mb(client, "write", "write_multiple_regist
 
 diag(client, sub) := mb(client, "diagnostic", "diagnostics", {"unit": 1, "function": 8, "subfunction": sub})
 
-# The decision for x with the example data (data.json).
-decide(x) := d if {
-	d := conduit.decision with input as x
-}
+# The decision for x with the fixture grants (fixture_test.rego), whatever
+# the data files hold: the tests of the rules use this or decide_with.
+decide(x) := decide_with(x, fixture)
 
-# The decision for x with grants g instead of the example data.
+# The decision for x with grants g.
 decide_with(x, g) := d if {
 	d := conduit.decision with input as x with data.grants as g
+}
+
+# The decision for x with the policy's own data (data.json, learned.json,
+# ...): for the tests of your grants in data_test.rego only.
+decide_data(x) := d if {
+	d := conduit.decision with input as x
 }
 
 denied(d, rule, reason) if {
@@ -140,7 +145,7 @@ test_several_grants_deny_with_every_reason if {
 }
 
 test_unexplained_denial_still_denies if {
-	d := conduit.decision with input as read_hr(loopback, 500, 1) with conduit.violation as no_violation
+	d := conduit.decision with input as read_hr(loopback, 500, 1) with data.grants as fixture with conduit.violation as no_violation
 	denied(d, "conduit.denied", "the operation is not allowed on listener plc-line1")
 }
 
@@ -183,8 +188,8 @@ test_identity_criteria_need_a_certificate if {
 	denied(decide_with(read_hr(plain("192.168.7.7"), 0, 10), cn_grant), "conduit.client", "client 192.168.7.7 has no grant on listener plc-line1")
 }
 
-## Identity: in the example data only role engineer writes setpoints,
-## role operator only reads, both from the control network 10.20.0.0/16.
+## Identity: in the fixture only role engineer writes setpoints, role
+## operator only reads, both from the control network 10.20.0.0/16.
 
 engineer := mtls("10.20.1.5", "eng-01", ["engineer"], [])
 

@@ -270,14 +270,16 @@ write_violation(m) := deny_code("conduit.modbus.read", sprintf("read of holding_
 
 # The reason values (written from first on) are not admitted: the lowest
 # address no range holds, or else the worst value of the lowest range whose
-# limits it breaks.
+# limits it breaks (of overlapping ranges with the same start, which
+# validation rejects, the first listed).
 values_violation(section, table, first, values) := deny_code("conduit.modbus.write", sprintf("write to %s %d is not granted on listener %s", [table, x, input.listener]), 2) if {
 	last := (first + count(values)) - 1
 	x := first_uncovered(ranges_over(section, table, first, last), first, last)
 } else := v if {
 	last := (first + count(values)) - 1
-	bad := {r.start: r | some r in ranges_over(section, table, first, last); not segment_admitted(r, first, last, values)}
-	r := bad[min(object.keys(bad))]
+	bad := [r | some r in ranges_over(section, table, first, last); not segment_admitted(r, first, last, values)]
+	lowest := min({r.start | some r in bad})
+	r := [x | some x in bad; x.start == lowest][0]
 	[from, s] := segment(r, first, last, values)
 	v := segment_violation(r, table, from, s)
 }

@@ -2,7 +2,7 @@
 # FC 23, file records, FIFO, units, broadcast, diagnostics and other codes.
 package conduit_test
 
-## Reads (example data: every table 0..99 for loopback clients)
+## Reads (fixture: every table 0..99 for loopback clients)
 
 test_read_each_table if {
 	every t in ["coils", "discrete_inputs", "input_registers", "holding_registers"] {
@@ -68,7 +68,7 @@ test_broadcast_write_needs_unit_0_listed if {
 	denied(decide(broadcast_write), "conduit.modbus.unit", "unit 0 is not granted on listener plc-line1")
 }
 
-## Register writes (example data: holding registers 10..19, 0..1000)
+## Register writes (fixture: holding registers 10..19, 0..1000)
 
 test_write_single_register if {
 	d := decide(write_hr(loopback, 15, 500))
@@ -131,6 +131,18 @@ test_overlapping_ranges_all_must_admit if {
 	denied(decide_with(write_hr(loopback, 5, 180), g), "conduit.modbus.value", "write of 180 to holding_registers 5 exceeds max 150 for listener plc-line1")
 }
 
+# With the same start, bad ranges are reported in the order they are listed
+# (this used to be an evaluation error: a conflict in an object keyed by start).
+test_overlapping_ranges_with_the_same_start if {
+	g := {"plc-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "modbus": {"units": [1], "write": {"holding_registers": [
+		{"start": 0, "end": 9, "max": 150},
+		{"start": 0, "end": 5, "min": 100, "max": 200},
+	]}}}}}
+	decide_with(write_hr(loopback, 3, 120), g).allow
+	denied(decide_with(write_hr(loopback, 3, 250), g), "conduit.modbus.value", "write of 250 to holding_registers 3 exceeds max 150 for listener plc-line1")
+	denied(decide_with(write_hr(loopback, 3, 7), g), "conduit.modbus.value", "write of 7 to holding_registers 3 is below min 100 for listener plc-line1")
+}
+
 test_longest_coil_write if {
 	g := {"plc-line1": {"g": {"clients": {"cidrs": ["127.0.0.0/8"]}, "modbus": {"units": [1], "write": {"coils": [{"start": 0, "end": 1999}]}}}}}
 	values := [v | some i in numbers.range(0, 1967); v := i % 2]
@@ -160,7 +172,7 @@ test_write_to_read_only_table if {
 	denied(decide(x), "conduit.modbus.write", "function 6 (write single register) does not write a data table the policy knows")
 }
 
-## Coils (example data: coils 0..15, no limits)
+## Coils (fixture: coils 0..15, no limits)
 
 write_coils(address, values) := mb(loopback, "write", "write_multiple_coils", {
 	"unit": 1, "function": 15, "table": "coils", "address": address, "quantity": count(values), "values": values,

@@ -69,7 +69,7 @@ test_opcua_input_on_modbus_only_grant if {
 	denied(decide_with(ua(loopback, "Read", {}), g), "conduit.grant.protocol", "the grant has no opcua section for listener opcua-line1")
 }
 
-## Writes (example data: Setpoint 0..1000, Mode any value)
+## Writes (fixture: Setpoint 0..1000, Mode any value)
 
 test_write_setpoint if {
 	d := decide(ua_write(loopback, [setpoint(500)]))

@@ -317,6 +317,14 @@ data_errors contains msg if {
 	msg := sprintf("grants.%s.%s.opcua.%s must be an array of strings", [l, id, k])
 }
 
+# An empty list elsewhere allows nothing (or matches nobody); an empty
+# user_names would silently allow every session user.
+data_errors contains msg if {
+	some [l, id], g in all_grants
+	g.opcua.user_names == []
+	msg := sprintf("grants.%s.%s.opcua.user_names is empty: every session user passes, as without it (remove it, or list the users)", [l, id])
+}
+
 data_errors contains msg if {
 	some [l, id], g in all_grants
 	op := g.opcua.opaque

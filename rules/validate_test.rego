@@ -1,14 +1,10 @@
-# Tests of data_errors, the validation of data.grants.
+# Tests of data_errors, the validation of data.grants, on grants given
+# here. That your data is valid is tested in data_test.rego.
 package conduit_test
 
 import data.conduit
 
-test_reference_data_is_valid if {
-	errors := conduit.data_errors
-	print("data_errors:", errors)
-	count(errors) == 0
-}
-
+# The validation errors of grants g.
 errors_of(g) := e if {
 	e := conduit.data_errors with data.grants as g
 }
@@ -142,6 +138,15 @@ test_opcua_opaque_needs_pins if {
 	count(ua_errors({"opaque": {"security_policies": ["p"], "thumbprints": ["t"]}})) == 0
 	ua_errors({"opaque": {"security_policies": ["p"]}}) == {
 		"grants.l.x.opcua.opaque.thumbprints must list at least one string: encrypted channels are allowed only for listed security policies and pinned client certificates",
+	}
+}
+
+# An empty user_names does not restrict the session user at all (every user
+# passes, as without it), unlike every other empty list in a grant.
+test_empty_user_names_is_reported if {
+	count(ua_errors({"read": true, "user_names": ["engineer1"]})) == 0
+	ua_errors({"read": true, "user_names": []}) == {
+		"grants.l.x.opcua.user_names is empty: every session user passes, as without it (remove it, or list the users)",
 	}
 }
 

@@ -39,6 +39,9 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(
+		newRunCmd(),
+		newValidateCmd(),
+		newDemoCmd(),
 		newVersionCmd(),
 		newPolicyCmd(),
 		newPKICmd(),

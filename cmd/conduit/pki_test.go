@@ -21,8 +21,8 @@ import (
 	"github.com/conduit-ot/conduit/pki"
 )
 
-// run executes conduit in-process with args and returns its output.
-func run(t *testing.T, args ...string) (string, error) {
+// runCombined executes conduit in-process with args and returns its combined output.
+func runCombined(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	return runCtx(t.Context(), args...)
 }
@@ -39,7 +39,7 @@ func runCtx(ctx context.Context, args ...string) (string, error) {
 
 func mustRun(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := run(t, args...)
+	out, err := runCombined(t, args...)
 	if err != nil {
 		t.Fatalf("conduit %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -70,20 +70,20 @@ func TestPKICommands(t *testing.T) {
 			t.Errorf("%s %o", f, m)
 		}
 	}
-	if out, err := run(t, "pki", "init", "--dir", dir); err == nil || !errors.Is(err, pki.ErrCAExists) {
+	if out, err := runCombined(t, "pki", "init", "--dir", dir); err == nil || !errors.Is(err, pki.ErrCAExists) {
 		t.Fatalf("second init: %v\n%s", err, out)
 	}
-	if _, err := run(t, "pki", "list"); err == nil {
+	if _, err := runCombined(t, "pki", "list"); err == nil {
 		t.Fatal("pki without --dir accepted")
 	}
 
 	// Signing needs the passphrase; the wrong one fails.
-	if _, err := run(t, "pki", "issue", "client", "x", "--dir", dir); !errors.Is(err, pki.ErrKeyEncrypted) {
+	if _, err := runCombined(t, "pki", "issue", "client", "x", "--dir", dir); !errors.Is(err, pki.ErrKeyEncrypted) {
 		t.Fatalf("issue without passphrase: %v", err)
 	}
 	bad := filepath.Join(tmp, "bad")
 	os.WriteFile(bad, []byte("wrong"), 0o600)
-	if _, err := run(t, "pki", "issue", "client", "x", "--dir", dir, "--password-file", bad); err == nil {
+	if _, err := runCombined(t, "pki", "issue", "client", "x", "--dir", dir, "--password-file", bad); err == nil {
 		t.Fatal("issue with a wrong passphrase")
 	}
 
@@ -190,7 +190,7 @@ func TestPKICommands(t *testing.T) {
 	if err := crl2.CheckSignatureFrom(inter); err != nil {
 		t.Fatalf("CRL not signed by the intermediate: %v", err)
 	}
-	if _, err := run(t, "pki", "revoke", serial, "--dir", dir, "--password-file", pw); err == nil {
+	if _, err := runCombined(t, "pki", "revoke", serial, "--dir", dir, "--password-file", pw); err == nil {
 		t.Fatal("revoked twice")
 	}
 }
@@ -297,7 +297,7 @@ func TestConnectCommand(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("connect did not stop on cancel")
 	}
-	if _, err := run(t, "connect", "--to", "x:1", "--cert", "a", "--key", "b", "--ca", "c"); err == nil {
+	if _, err := runCombined(t, "connect", "--to", "x:1", "--cert", "a", "--key", "b", "--ca", "c"); err == nil {
 		t.Fatal("connect with missing files started")
 	}
 }

@@ -1,0 +1,27 @@
+package audit
+
+import "io"
+
+// SetFileFaults puts fault injectors in front of a file sink's current
+// file: wrap replaces its writer, sync its fdatasync (given the real one).
+// Nil leaves either as it is. Reopen drops them with the old file.
+func SetFileFaults(s *Sink, wrap func(io.Writer) io.Writer, sync func(real func() error) error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	ft := s.t.(*fileTarget)
+	if wrap != nil {
+		ft.w = wrap(ft.f)
+	}
+	if sync != nil {
+		real := func() error { return fdatasync(ft.f) }
+		ft.sync = func() error { return sync(real) }
+	}
+}
+
+// CloseFileUnderSink closes a file sink's file behind its back, as a bug
+// elsewhere or a lost mount would.
+func CloseFileUnderSink(s *Sink) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.t.(*fileTarget).f.Close()
+}

@@ -1,0 +1,188 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// OpenFile returns a Sink appending to the file at path (see Sink). The
+// file is created with mode 0600, and its missing parent directories with
+// 0700; an existing file is appended to, never truncated, and the sequence
+// continues after the last event in it, so sequence numbers stay strictly
+// increasing within the file across restarts. If the file ends in a torn
+// line (the machine stopped during a write), the first batch starts with a
+// newline; the torn line is left as evidence.
+//
+// The proxy calls Reopen on SIGHUP after logrotate renamed the file, and
+// Close on shutdown.
+func OpenFile(path string, opts Options) (*Sink, error) {
+	f, seq, torn, err := openAuditFile(path, opts.Fsync)
+	if err != nil {
+		return nil, err
+	}
+	s := newSink(&fileTarget{f: f, w: f}, path, opts)
+	s.seq = seq
+	s.torn = torn
+	s.reopen = func() (target, bool, error) {
+		f, _, torn, err := openAuditFile(path, opts.Fsync)
+		if err != nil {
+			return nil, false, err
+		}
+		return &fileTarget{f: f, w: f}, torn, nil
+	}
+	go s.run()
+	return s, nil
+}
+
+// openAuditFile opens path for appending and reads the last sequence number
+// in it.
+func openAuditFile(path string, fsync bool) (f *os.File, seq uint64, torn bool, err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, 0, false, fmt.Errorf("audit: %w", err)
+	}
+	created := true
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		created = false
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("audit: %w", err)
+	}
+	if created {
+		if fsync {
+			// The new directory entry must survive a crash as much as
+			// the events written to the file.
+			if err := syncDir(dir); err != nil {
+				f.Close()
+				return nil, 0, false, fmt.Errorf("audit: sync directory of %s: %w", path, err)
+			}
+		}
+		return f, 0, false, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, false, fmt.Errorf("audit: %w", err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return f, 0, false, nil
+	}
+	seq, torn, err = lastSequence(path, fi.Size())
+	if err != nil {
+		f.Close()
+		return nil, 0, false, fmt.Errorf("audit: %s: %w", path, err)
+	}
+	return f, seq, torn, nil
+}
+
+// maxTailScan bounds how far back lastSequence looks for the last event.
+const maxTailScan = 64 << 20
+
+// lastSequence returns the largest event.sequence among the last complete
+// lines of the file, and whether the file ends in a partial line. It reads
+// backwards from the end, doubling the window, and stops at the first line
+// that is an event with a sequence number.
+func lastSequence(path string, size int64) (seq uint64, torn bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	var last [1]byte
+	if _, err := f.ReadAt(last[:], size-1); err != nil {
+		return 0, false, err
+	}
+	torn = last[0] != '\n'
+	for window := int64(64 << 10); ; window *= 2 {
+		start := max(size-window, 0)
+		buf := make([]byte, size-start)
+		if _, err := f.ReadAt(buf, start); err != nil && err != io.EOF {
+			return 0, false, err
+		}
+		// Drop the torn tail, and the first, possibly partial, line of
+		// the window unless the window starts the file.
+		if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+			buf = buf[:i]
+		} else {
+			buf = buf[:0]
+		}
+		complete := start == 0
+		for len(buf) > 0 {
+			i := bytes.LastIndexByte(buf, '\n')
+			if i < 0 && !complete {
+				break
+			}
+			line := buf[i+1:]
+			buf = buf[:max(i, 0)]
+			var ev struct {
+				Event struct {
+					Sequence uint64 `json:"sequence"`
+				} `json:"event"`
+			}
+			if json.Unmarshal(line, &ev) == nil && ev.Event.Sequence != 0 {
+				return ev.Event.Sequence, torn, nil
+			}
+		}
+		if complete {
+			return 0, false, errors.New("no audit event with a sequence number in a non-empty file; move it aside")
+		}
+		if window >= maxTailScan {
+			return 0, false, fmt.Errorf("no audit event with a sequence number in the last %d bytes; move the file aside", window)
+		}
+	}
+}
+
+// fileTarget is an append-only file.
+type fileTarget struct {
+	f *os.File
+	// w is f, or in tests a fault injector in front of it.
+	w io.Writer
+	// sync is fdatasync of f, or in tests a fault injector.
+	sync func() error
+}
+
+func (t *fileTarget) Write(p []byte) (int, error) { return t.w.Write(p) }
+
+func (t *fileTarget) Sync() error {
+	if t.sync != nil {
+		return t.sync()
+	}
+	return fdatasync(t.f)
+}
+
+// Rollback truncates the file by the n bytes a failed batch wrote. With
+// O_APPEND the file offset is the end of what this process just wrote, so
+// the length before the batch is offset - n even if the file was truncated
+// behind our back (logrotate copytruncate).
+func (t *fileTarget) Rollback(n int) error {
+	if n == 0 {
+		return nil
+	}
+	pos, err := t.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	if pos < int64(n) {
+		return fmt.Errorf("offset %d is before the %d bytes written", pos, n)
+	}
+	return t.f.Truncate(pos - int64(n))
+}
+
+func (t *fileTarget) Close() error { return t.f.Close() }
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

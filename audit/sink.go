@@ -1,0 +1,491 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxBatchBytes  = 1 << 20
+	DefaultMaxBatchEvents = 4096
+)
+
+// ErrClosed is returned by Record after Close.
+var ErrClosed = errors.New("audit: recorder closed")
+
+// Options configures a Sink. The zero value is usable.
+type Options struct {
+	// Observer is stamped on every event (observer.*).
+	Observer Observer
+	// Fsync makes every batch durable with fdatasync(2) before the Record
+	// calls in it return (file sinks; ignored by writer sinks). Without it
+	// a Record returns once write(2) has handed the batch to the kernel:
+	// the event survives a crash of the proxy, not of the machine.
+	Fsync bool
+	// MaxBatchBytes and MaxBatchEvents bound one batch, that is one
+	// write(2). A batch that reached either bound takes no more events;
+	// Record then waits for the writer to take it (backpressure). At most
+	// two batches exist at a time, one being written and one filling, so
+	// a sink holds at most about 2 * MaxBatchBytes (plus one event) of
+	// encoded events. Defaults: DefaultMaxBatchBytes, DefaultMaxBatchEvents.
+	MaxBatchBytes  int
+	MaxBatchEvents int
+	// Now is the clock for events without a Time; time.Now when nil.
+	Now func() time.Time
+}
+
+// Stats counts a sink's work since it was built.
+type Stats struct {
+	Seq           uint64 // last sequence number assigned
+	Events        uint64 // events in batches written successfully
+	Batches       uint64 // batches written successfully
+	Writes        uint64 // write calls, one per batch (failed ones included)
+	Bytes         uint64 // bytes written by successful batches
+	Syncs         uint64 // fdatasync calls
+	FailedBatches uint64 // batches whose write or fdatasync failed
+	FailedEvents  uint64 // events in failed batches: their Record returned an error
+}
+
+// EventsPerWrite is the mean number of events per write(2): the effect of
+// group commit.
+func (s Stats) EventsPerWrite() float64 {
+	if s.Writes == 0 {
+		return 0
+	}
+	return float64(s.Events+s.FailedEvents) / float64(s.Writes)
+}
+
+// Sink is a Recorder that writes JSON lines to a file (OpenFile) or a
+// stream (NewWriter) with group commit: concurrent Record calls are encoded
+// into one batch, in the order of their sequence numbers, and one writer
+// goroutine writes the batch with a single write call (and fdatasync with
+// Options.Fsync). Every Record returns after its batch was written, or with
+// the error that prevented it.
+//
+// A failed batch (write error, short write, fdatasync error) fails every
+// Record in it, and no other. It is not retried: its callers deny their
+// operations, so its events, which may say "allowed", must not appear
+// later. What the failed write left in the file is removed: the file is
+// truncated back to the length it had before the batch (file sinks). When
+// that is impossible (a stream, or truncate fails), the next batch starts
+// with a newline, so the torn line stays a line of its own and the next
+// event starts on a fresh line. The sequence numbers of a failed batch are
+// never reused, and the next batch that succeeds carries an
+// ActionAuditFailure event naming them (conduit.audit.*), so the gap in
+// event.sequence is explained in the trail itself.
+type Sink struct {
+	enc       *Encoder
+	now       func() time.Time
+	fsync     bool
+	maxBytes  int
+	maxEvents int
+	name      string // file path or "writer", for errors
+
+	// mu orders events: it guards the sequence number and the filling
+	// batch, so file order is sequence order.
+	mu     sync.Mutex
+	seq    uint64
+	cur    *batch
+	spare  []byte     // the buffer of the last written batch, for reuse
+	lost   *lostRange // failed events not yet reported by a notice
+	closed bool
+
+	kick   chan struct{} // wakes the writer when a batch gets its first event
+	exited chan struct{} // closed when the writer goroutine returns
+
+	// wmu guards the target: the writer holds it for a commit, Reopen and
+	// Close to swap or close the target.
+	wmu    sync.Mutex
+	t      target
+	torn   bool // the target ends in a partial line: start the next write with '\n'
+	reopen func() (target, bool, error)
+
+	closeOnce sync.Once
+	closeErr  error
+
+	stats struct {
+		events, batches, writes, bytes, syncs, failedBatches, failedEvents atomic.Uint64
+	}
+}
+
+// target is where a sink's batches go.
+type target interface {
+	Write(p []byte) (int, error)
+	// Sync makes what was written durable.
+	Sync() error
+	// Rollback removes the last n bytes written (a failed batch), or says
+	// why it cannot.
+	Rollback(n int) error
+	Close() error
+}
+
+// batch is a group of encoded events written with one write call.
+type batch struct {
+	// buf holds the encoded events after a reserved first byte, '\n',
+	// which is written only when the target ends in a torn line.
+	buf    []byte
+	events int // events from Record callers
+	total  int // all events, the notice included
+	first  uint64
+	last   uint64
+	notice *lostRange    // the loss this batch's ActionAuditFailure event reports
+	taken  chan struct{} // closed when the writer takes the batch
+	done   chan struct{} // closed when err is final
+	err    error
+}
+
+// initialBatchCap is the first capacity of a batch buffer; buffers grow as
+// needed and are reused, so this only saves the first few reallocations.
+const initialBatchCap = 64 << 10
+
+func newSink(t target, name string, opts Options) *Sink {
+	s := &Sink{
+		enc:       NewEncoder(opts.Observer),
+		now:       opts.Now,
+		fsync:     opts.Fsync,
+		maxBytes:  opts.MaxBatchBytes,
+		maxEvents: opts.MaxBatchEvents,
+		name:      name,
+		kick:      make(chan struct{}, 1),
+		exited:    make(chan struct{}),
+		t:         t,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = DefaultMaxBatchBytes
+	}
+	if s.maxEvents <= 0 {
+		s.maxEvents = DefaultMaxBatchEvents
+	}
+	s.cur = s.newBatchLocked()
+	return s
+}
+
+// NewWriter returns a Sink writing to w, typically os.Stdout for the demo.
+// Options.Fsync is ignored, Reopen does nothing and Close does not close w.
+// A failed write cannot be taken back from a stream: the next batch starts
+// with a newline instead (see Sink).
+func NewWriter(w io.Writer, opts Options) *Sink {
+	s := newSink(writerTarget{w}, "writer", opts)
+	s.fsync = false
+	go s.run()
+	return s
+}
+
+// Record writes ev and returns when it is written (see Sink). It assigns
+// ev.Seq and, when zero, ev.Time. An error means the event is not in the
+// trail: the caller must deny the operation.
+func (s *Sink) Record(ev *Event) error {
+	return s.RecordContext(context.Background(), ev)
+}
+
+// RecordContext is Record with a bound on the wait for room in a full
+// queue (backpressure). ctx is consulted only before the event is queued:
+// once it has a sequence number it is written, and RecordContext waits for
+// the outcome, so that an event in the trail is never one whose caller was
+// told it failed (or the reverse).
+func (s *Sink) RecordContext(ctx context.Context, ev *Event) error {
+	s.mu.Lock()
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			return ErrClosed
+		}
+		if !s.full(s.cur) {
+			break
+		}
+		taken := s.cur.taken
+		s.mu.Unlock()
+		select {
+		case <-taken:
+		case <-ctx.Done():
+			return fmt.Errorf("audit: %s: queue full: %w", s.name, ctx.Err())
+		}
+		s.mu.Lock()
+	}
+	b := s.cur
+	wasEmpty := b.total == 0
+	if s.lost != nil {
+		s.appendNoticeLocked(b)
+	}
+	err := s.appendLocked(b, ev)
+	if err == nil {
+		b.events++
+	}
+	queued := b.total > 0 // the notice may be queued even if ev failed to encode
+	s.mu.Unlock()
+	if wasEmpty && queued {
+		s.wake()
+	}
+	if err != nil {
+		return err
+	}
+	<-b.done
+	return b.err
+}
+
+func (s *Sink) full(b *batch) bool {
+	return b.total >= s.maxEvents || len(b.buf)-1 >= s.maxBytes
+}
+
+func (s *Sink) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// appendLocked gives ev the next sequence number and encodes it into b.
+func (s *Sink) appendLocked(b *batch, ev *Event) error {
+	s.seq++
+	ev.Seq = s.seq
+	if ev.Time.IsZero() {
+		ev.Time = s.now()
+	}
+	n := len(b.buf)
+	buf, err := s.enc.AppendEvent(b.buf, ev)
+	if err != nil {
+		// Nothing of it is in the batch: take the number back.
+		s.seq--
+		ev.Seq = 0
+		b.buf = buf[:n]
+		return fmt.Errorf("audit: encode: %w", err)
+	}
+	b.buf = buf
+	if b.first == 0 {
+		b.first = s.seq
+	}
+	b.last = s.seq
+	b.total++
+	return nil
+}
+
+// appendNoticeLocked moves the unreported loss into an ActionAuditFailure
+// event in b. If b fails too, the writer puts the loss back (run).
+func (s *Sink) appendNoticeLocked(b *batch) {
+	l := s.lost
+	ev := &Event{Action: ActionAuditFailure, Outcome: OutcomeFailure, Reason: l.Reason, lost: l}
+	if s.appendLocked(b, ev) == nil {
+		s.lost = nil
+		// A batch can carry two notices when a batch failed while it was
+		// filling; if it fails, both losses are unreported again.
+		if b.notice != nil {
+			m := *l
+			m.merge(b.notice)
+			l = &m
+		}
+		b.notice = l
+	}
+}
+
+func (s *Sink) newBatchLocked() *batch {
+	buf := s.spare
+	s.spare = nil
+	if buf == nil {
+		buf = make([]byte, 1, initialBatchCap)
+	}
+	buf = buf[:1]
+	buf[0] = '\n'
+	return &batch{buf: buf, taken: make(chan struct{}), done: make(chan struct{})}
+}
+
+// run is the writer: it takes the filling batch, writes it, and reports the
+// result to the batch's callers, until the sink is closed and drained.
+func (s *Sink) run() {
+	defer close(s.exited)
+	for {
+		s.mu.Lock()
+		for s.cur.total == 0 {
+			if s.closed {
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			<-s.kick
+			s.mu.Lock()
+		}
+		b := s.cur
+		s.cur = s.newBatchLocked()
+		s.mu.Unlock()
+		close(b.taken)
+
+		err := s.commit(b)
+
+		s.mu.Lock()
+		if err != nil {
+			l := lostRange{First: b.first, Last: b.last, Count: uint64(b.total), Reason: err.Error()}
+			l.merge(b.notice) // the notice was lost too: its loss is still unreported
+			l.merge(s.lost)
+			s.lost = &l
+		}
+		// Keep the buffer for the next batch unless one huge event grew it.
+		if cap(b.buf) <= 2*s.maxBytes+initialBatchCap {
+			s.spare = b.buf
+		}
+		b.buf = nil
+		s.mu.Unlock()
+
+		b.err = err
+		close(b.done)
+	}
+}
+
+func (l *lostRange) merge(o *lostRange) {
+	if o == nil {
+		return
+	}
+	l.First = min(l.First, o.First)
+	l.Last = max(l.Last, o.Last)
+	l.Count += o.Count
+}
+
+// commit writes b to the target; see Sink for what a failure leaves.
+func (s *Sink) commit(b *batch) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.stats.writes.Add(1)
+	if s.t == nil {
+		s.fail(b)
+		return ErrClosed
+	}
+	data := b.buf[1:]
+	if s.torn {
+		data = b.buf
+	}
+	n, err := s.t.Write(data)
+	if err == nil && n < len(data) {
+		err = io.ErrShortWrite
+	}
+	op := "write"
+	if err == nil && s.fsync {
+		s.stats.syncs.Add(1)
+		op = "fdatasync"
+		err = s.t.Sync()
+	}
+	if err == nil {
+		s.torn = false
+		s.stats.batches.Add(1)
+		s.stats.events.Add(uint64(b.total))
+		s.stats.bytes.Add(uint64(len(data)))
+		return nil
+	}
+	s.fail(b)
+	werr := fmt.Errorf("audit: %s %s (sequence %d..%d): %w", op, s.name, b.first, b.last, err)
+	if rerr := s.t.Rollback(n); rerr != nil {
+		switch {
+		case n == 0:
+			// nothing written: the target is as it was
+		case n < len(data):
+			s.torn = true
+		default:
+			s.torn = false // all written, newline included; fdatasync failed
+		}
+		if errors.Is(rerr, errStream) {
+			return werr
+		}
+		return errors.Join(werr, fmt.Errorf("audit: discard failed batch: %w", rerr))
+	}
+	if n > 0 && s.fsync {
+		// Make the truncation durable too, best effort: the batch was
+		// never acknowledged, a crash should not bring it back.
+		_ = s.t.Sync()
+	}
+	return werr
+}
+
+func (s *Sink) fail(b *batch) {
+	s.stats.failedBatches.Add(1)
+	s.stats.failedEvents.Add(uint64(b.total))
+}
+
+// Reopen reopens the file at the sink's path, for log rotation: after the
+// file was renamed, it creates a new one and continues the sequence there.
+// Events already queued go to the new file. If the new file cannot be
+// opened, the sink keeps writing to the old one and Reopen returns the
+// error. For a writer sink Reopen does nothing.
+func (s *Sink) Reopen() error {
+	if s.reopen == nil {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.t == nil {
+		return ErrClosed
+	}
+	t, torn, err := s.reopen()
+	if err != nil {
+		return fmt.Errorf("audit: reopen %s: %w", s.name, err)
+	}
+	old := s.t
+	s.t, s.torn = t, torn
+	// Every batch written to the old file was already synced when Fsync
+	// is set; closing it cannot lose an acknowledged event.
+	_ = old.Close()
+	return nil
+}
+
+// Close writes the events already queued, then closes the file. Record
+// returns ErrClosed afterwards. Close is idempotent.
+func (s *Sink) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		if s.lost != nil {
+			s.appendNoticeLocked(s.cur)
+		}
+		s.mu.Unlock()
+		s.wake()
+		<-s.exited
+
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if err := s.t.Close(); err != nil {
+			s.closeErr = fmt.Errorf("audit: close %s: %w", s.name, err)
+		}
+		s.t = nil
+	})
+	return s.closeErr
+}
+
+// Stats returns the sink's counters.
+func (s *Sink) Stats() Stats {
+	s.mu.Lock()
+	seq := s.seq
+	s.mu.Unlock()
+	return Stats{
+		Seq:           seq,
+		Events:        s.stats.events.Load(),
+		Batches:       s.stats.batches.Load(),
+		Writes:        s.stats.writes.Load(),
+		Bytes:         s.stats.bytes.Load(),
+		Syncs:         s.stats.syncs.Load(),
+		FailedBatches: s.stats.failedBatches.Load(),
+		FailedEvents:  s.stats.failedEvents.Load(),
+	}
+}
+
+// writerTarget is a stream: nothing to sync, nothing to take back, and not
+// ours to close.
+type writerTarget struct{ w io.Writer }
+
+var errStream = errors.New("cannot truncate a stream")
+
+func (t writerTarget) Write(p []byte) (int, error) { return t.w.Write(p) }
+func (t writerTarget) Sync() error                 { return nil }
+func (t writerTarget) Close() error                { return nil }
+func (t writerTarget) Rollback(n int) error {
+	if n == 0 {
+		return nil
+	}
+	return errStream
+}
+
+var _ Recorder = (*Sink)(nil)

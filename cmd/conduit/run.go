@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/conduit-ot/conduit/config"
+)
+
+func newRunCmd() *cobra.Command {
+	var (
+		path  string
+		drain time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "run --config FILE",
+		Short: "Run the proxy",
+		Long: `Run the proxy with the configuration in FILE (docs/config.md).
+
+Signals: SIGHUP reloads the policy and the TLS material and reopens the audit
+file; SIGTERM and SIGINT stop accepting, let every connection finish the
+requests it has in flight (at most --drain), then exit.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log, os.Stderr)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			a, err := startApp(ctx, cfg, appOptions{Log: log})
+			if err != nil {
+				return err
+			}
+			a.serve()
+			log.Info("conduit running", zap.String("config", path), zap.String("version", version), zap.String("policy", a.engine.Revision()))
+
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			var serveErr error
+		loop:
+			for {
+				select {
+				case <-hup:
+					a.reload(context.Background())
+				case serveErr = <-a.serveErr:
+					log.Error("listener failed; stopping", zap.Error(serveErr))
+					break loop
+				case <-ctx.Done():
+					break loop
+				}
+			}
+			log.Info("shutting down: draining connections", zap.Duration("deadline", drain))
+			sctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			if err := a.shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				log.Warn("shutdown", zap.Error(err))
+			}
+			if serveErr != nil {
+				return fmt.Errorf("listener: %w", serveErr)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "conduit.yaml", "configuration file")
+	cmd.Flags().DurationVar(&drain, "drain", 30*time.Second, "how long SIGTERM waits for connections to finish")
+	return cmd
+}
