@@ -63,7 +63,7 @@ type Event struct {
 	DryRun     bool   // conduit.dry_run: denied by policy, allowed by monitor mode
 	Rule       string // rule.id
 	Revision   string // rule.version
-	DenyAction string // conduit.deny_action: "exception", "reset", "drop"
+	DenyAction string // conduit.deny_action: "exception", "reset", "drop", "close"
 
 	Listener string         // observer.ingress.interface.name and conduit.listener
 	ConnID   uint64         // conduit.connection_id

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,13 +25,26 @@ func (discardRecorder) Record(*audit.Event) error { return nil }
 func BenchmarkOPCUAWrite(b *testing.B) {
 	srv := startSimUA(b, sim.OPCUAOptions{CountEvery: -1})
 	lc := uaListenerConfig(b, srv.Addr(), "", "")
+	var discard audit.Recorder = discardRecorder{}
+	auditFile := func() audit.Recorder {
+		sink, err := audit.OpenFile(filepath.Join(b.TempDir(), "audit.jsonl"), audit.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { sink.Close() })
+		return sink
+	}
 	for _, tc := range []struct {
-		name    string
-		decider func() policy.Decider
+		name     string
+		decider  func() policy.Decider
+		recorder func() audit.Recorder
 	}{
-		{"direct", nil},
-		{"proxy-allow-all", func() policy.Decider { return allowAll() }},
-		{"proxy-reference-policy", func() policy.Decider { return referencePolicy(b) }},
+		{"direct", nil, nil},
+		{"proxy-allow-all", func() policy.Decider { return allowAll() }, func() audit.Recorder { return discard }},
+		{"proxy-reference-policy", func() policy.Decider { return referencePolicy(b) }, func() audit.Recorder { return discard }},
+		// The production path: reference policy, every event in the audit
+		// file before the write is forwarded.
+		{"proxy-reference-policy-audit-file", func() policy.Decider { return referencePolicy(b) }, auditFile},
 	} {
 		for _, parallel := range []int{1, 8} {
 			name := tc.name
@@ -40,7 +54,7 @@ func BenchmarkOPCUAWrite(b *testing.B) {
 			b.Run(name, func(b *testing.B) {
 				endpoint := srv.Endpoint()
 				if tc.decider != nil {
-					l := startUAProxy(b, lc, tc.decider(), discardRecorder{}, nil)
+					l := startUAProxy(b, lc, tc.decider(), tc.recorder(), nil)
 					endpoint = proxyURL(l)
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
