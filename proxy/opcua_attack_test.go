@@ -244,6 +244,19 @@ func TestOPCUAAttacks(t *testing.T) {
 		}
 	})
 
+	t.Run("idle client", func(t *testing.T) {
+		lc := uaListenerConfig(t, r.srv.Addr(), "", "    timeouts:\n      idle: 300ms")
+		rec := &memRecorder{}
+		l := startUAProxy(t, lc, referencePolicy(t), rec, nil)
+		c := dialUARaw(t, l.Addr().String())
+		c.open(l.Addr().String())
+		c.expectClosed()
+		waitFor(t, "connection-close event", func() bool { return len(rec.byAction(audit.ActionConnectionClose)) == 1 })
+		if ev := rec.byAction(audit.ActionConnectionClose)[0]; ev.Reason != "idle timeout" {
+			t.Fatalf("close reason %q", ev.Reason)
+		}
+	})
+
 	t.Run("no HEL", func(t *testing.T) {
 		// The handshake timeout is 10s by default; a second listener with
 		// a short one shows it.

@@ -173,6 +173,7 @@ func TestOPCUAGopcuaNoneMode(t *testing.T) {
 		if srv.Mode() != big {
 			t.Fatalf("server mode has %d bytes, want %d", len(srv.Mode()), len(big))
 		}
+
 		chunks := splitChunks(t, tp.sent(tp.count() - 1)[start:])
 		if len(chunks) < 3 || chunks[0].chunkType != 'C' {
 			t.Fatalf("upstream saw %d chunks for the large write", len(chunks))
@@ -478,5 +479,41 @@ func TestOPCUAParkedPublishOutlivesResponseTimeout(t *testing.T) {
 		t.Fatalf("write: %v %v", resp, err)
 	}
 	for v := next(); v != 640; v = next() {
+	}
+}
+
+// gopcua's server acknowledges a SendBufferSize of 65535 whatever the
+// client's HEL allowed and then sends chunks that large (Part 6 §7.1.2.4:
+// it shall not exceed the client's ReceiveBufferSize). The proxy holds the
+// server to what was negotiated: with max_chunk_size 8192, a 20 KB read
+// response in one chunk ends that connection, audited as malformed from
+// upstream, and the client gets an ERR. Other connections go on. (A server
+// that chunks as negotiated — node-opcua — passes large responses; see the
+// node-opcua interop test.)
+func TestOPCUAServerOversizeChunkIsCutOff(t *testing.T) {
+	srv := startSimUA(t, sim.OPCUAOptions{CountEvery: -1})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), chunkLimits, ""), referencePolicy(t), rec, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := gopcuaClient(t, ctx, proxyURL(l))
+	bystander := gopcuaClient(t, ctx, proxyURL(l))
+	big := strings.Repeat("x", 20000)
+	if resp, err := c.Write(ctx, writeReq(sim.OPCUAMode, big)); err != nil || resp.Results[0] != ua.StatusOK {
+		t.Fatalf("large write: %v %v", resp, err)
+	}
+	if _, err := c.Node(ua.MustParseNodeID(sim.OPCUAMode)).Value(ctx); err == nil {
+		t.Fatal("a 20 KB chunk passed an 8 KB limit")
+	}
+	ev := func() audit.Event {
+		var evs []audit.Event
+		waitFor(t, "malformed-frame event", func() bool { evs = rec.byAction(audit.ActionMalformed); return len(evs) > 0 })
+		return evs[0]
+	}()
+	if ev.Rule != "framing.chunk_too_large" || !strings.HasPrefix(ev.Reason, "upstream: ") {
+		t.Fatalf("malformed event %+v", ev)
+	}
+	if v, err := bystander.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil || v.Value() != 500.0 {
+		t.Fatalf("bystander: %v %v", v, err)
 	}
 }

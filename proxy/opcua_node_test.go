@@ -123,6 +123,8 @@ type nodeResult struct {
 	Read                nodeStep `json:"read"`
 	WriteAllowed        nodeStep `json:"writeAllowed"`
 	WriteMode           nodeStep `json:"writeMode"`
+	WriteLarge          nodeStep `json:"writeLarge"`
+	ReadLarge           nodeStep `json:"readLarge"`
 	WriteDenied         nodeStep `json:"writeDenied"`
 	ReadAfterWriteDeny  nodeStep `json:"readAfterWriteDeny"`
 	CallAllowed         nodeStep `json:"callAllowed"`
@@ -136,7 +138,9 @@ func TestOPCUANodeOPCUAInterop(t *testing.T) {
 	home := t.TempDir() // node-opcua's certificate stores stay in the test
 	srv, upstream := startNodeServer(t, node, home)
 	rec := &memRecorder{}
-	l := startUAProxy(t, uaListenerConfig(t, upstream, "", ""), referencePolicy(t), rec, nil)
+	// Small chunks: the large write and read span several chunks each way.
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, upstream, chunkLimits, ""), referencePolicy(t), rec, tp)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -187,6 +191,22 @@ func TestOPCUANodeOPCUAInterop(t *testing.T) {
 	ok("read", res.Read, 500.0)
 	ok("allowed write", res.WriteAllowed, "Good")
 	ok("write mode", res.WriteMode, "Good")
+	ok("large write", res.WriteLarge, "Good")
+	ok("large read", res.ReadLarge, 20000.0)
+	// The large write reached the server in several chunks (and the large
+	// read came back within the 8 KiB limit, else the proxy would have cut
+	// the connection).
+	intermediate := 0
+	for i := 0; i < tp.count(); i++ {
+		for _, c := range splitChunks(t, tp.sent(i)) {
+			if c.typ == "MSG" && c.chunkType == 'C' {
+				intermediate++
+			}
+		}
+	}
+	if intermediate < 2 {
+		t.Errorf("%d intermediate chunks upstream", intermediate)
+	}
 	deniedStep("denied write", res.WriteDenied)
 	ok("read after the denied write", res.ReadAfterWriteDeny, 750.0)
 	ok("allowed call", res.CallAllowed, "Good")
@@ -201,6 +221,7 @@ func TestOPCUANodeOPCUAInterop(t *testing.T) {
 	want := []string{
 		`WRITE ns=2;s=Line1.Setpoint 750`,
 		`WRITE ns=2;s=Line1.Mode "manual"`,
+		`WRITE ns=2;s=Line1.Mode <20000 chars>`,
 		`CALL ns=2;s=Line1 ns=2;s=Line1.ResetCounters`,
 		`WRITE ns=2;s=Line1.Setpoint 100`,
 	}

@@ -69,6 +69,11 @@ async function main() {
     out.read = await attempt(() => read(SETPOINT));
     out.writeAllowed = await attempt(() => write(SETPOINT, DataType.Double, 750));
     out.writeMode = await attempt(() => write(MODE, DataType.String, "manual"));
+    // 20 000 characters: several chunks each way when the proxy limits
+    // chunks to 8 KiB.
+    const big = "y".repeat(20000);
+    out.writeLarge = await attempt(() => write(MODE, DataType.String, big));
+    out.readLarge = await attempt(async () => (await read(MODE)).length);
     out.writeDenied = await attempt(() => write(SETPOINT, DataType.Double, 1500));
     out.readAfterWriteDeny = await attempt(() => read(SETPOINT));
     out.callAllowed = await attempt(() => call("ns=2;s=Line1.ResetCounters"));

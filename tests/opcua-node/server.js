@@ -34,13 +34,15 @@ async function main() {
     let mode = "auto";
     let counter = 0;
     const log = (s) => process.stdout.write(s + "\n");
+    // Long strings are logged by length.
+    const show = (v) => (typeof v === "string" && v.length > 100 ? "<" + v.length + " chars>" : JSON.stringify(v));
 
     ns.addVariable({
         componentOf: line, nodeId: "s=Line1.Setpoint", browseName: "Setpoint", dataType: "Double",
         minimumSamplingInterval: 50,
         value: {
             get: () => new Variant({ dataType: DataType.Double, value: setpoint }),
-            set: (v) => { log("WRITE ns=2;s=Line1.Setpoint " + JSON.stringify(v.value)); setpoint = v.value; return StatusCodes.Good; },
+            set: (v) => { log("WRITE ns=2;s=Line1.Setpoint " + show(v.value)); setpoint = v.value; return StatusCodes.Good; },
         },
     });
     ns.addVariable({
@@ -48,7 +50,7 @@ async function main() {
         minimumSamplingInterval: 50,
         value: {
             get: () => new Variant({ dataType: DataType.String, value: mode }),
-            set: (v) => { log("WRITE ns=2;s=Line1.Mode " + JSON.stringify(v.value)); mode = v.value; return StatusCodes.Good; },
+            set: (v) => { log("WRITE ns=2;s=Line1.Mode " + show(v.value)); mode = v.value; return StatusCodes.Good; },
         },
     });
     const counterVar = ns.addVariable({
