@@ -5,6 +5,9 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/policy"
+	"github.com/conduit-ot/conduit/rules"
 	"github.com/conduit-ot/conduit/sim"
 )
 
@@ -515,5 +519,86 @@ func TestOPCUAServerOversizeChunkIsCutOff(t *testing.T) {
 	}
 	if v, err := bystander.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil || v.Value() != 500.0 {
 		t.Fatalf("bystander: %v %v", v, err)
+	}
+}
+
+// The session a request runs in comes from ActivateSession: the reference
+// rules with a grant restricted to the user engineer1 (user_names) let
+// engineer1's writes through and refuse an anonymous session at
+// ActivateSession — on a Sign channel, where the user name is readable.
+func TestOPCUASessionUserThroughReferenceRules(t *testing.T) {
+	dir := t.TempDir()
+	entries, err := fs.ReadDir(rules.FS, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".rego") && !strings.HasSuffix(e.Name(), "_test.rego") {
+			b, _ := fs.ReadFile(rules.FS, e.Name())
+			if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	data := `{"grants": {"opcua-line1": {"engineers": {
+		"description": "engineer1 from this host: read and write the setpoint",
+		"clients": {"cidrs": ["127.0.0.0/8"]},
+		"opcua": {"read": true, "browse": true, "user_names": ["engineer1"],
+			"writes": [{"node_id": "ns=2;s=Line1.Setpoint", "min": 0, "max": 1000}]}}}}}`
+	if err := os.WriteFile(filepath.Join(dir, "data.json"), []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	engine, err := policy.New(context.Background(), policy.Options{Source: policy.Source{Path: dir}, DecisionTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer engine.Close()
+
+	srvCert, srvKey := selfSigned(t, "conduit sim", "urn:conduit:sim")
+	cliCert, cliKey := selfSigned(t, "conduit test client", "urn:conduit:test:client")
+	srv := startSimUA(t, sim.OPCUAOptions{Certificate: srvCert, PrivateKey: srvKey, CountEvery: -1})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "      security_mode: sign", ""), engine, rec, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	eps, err := opcua.GetEndpoints(ctx, proxyURL(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := opcua.SelectEndpoint(eps, ua.SecurityPolicyURIBasic256Sha256, ua.MessageSecurityModeSign)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	eng := gopcuaClient(t, ctx, ep.EndpointURL, opcua.AuthUsername("engineer1", "secret"),
+		opcua.SecurityFromEndpoint(ep, ua.UserTokenTypeUserName), opcua.Certificate(cliCert), opcua.PrivateKey(cliKey))
+	if resp, err := eng.Write(ctx, writeReq(sim.OPCUASetpoint, 300.0)); err != nil || resp.Results[0] != ua.StatusOK || srv.Setpoint() != 300 {
+		t.Fatalf("engineer1's write: %v %v", resp, err)
+	}
+	var write *audit.Event
+	for _, ev := range requestEvents(rec, "write") {
+		write = &ev
+	}
+	if write == nil || !write.Allowed || write.Op.OPCUA.Session == nil || write.Op.OPCUA.Session.IdentityType != "username" || write.Op.OPCUA.Session.UserName != "engineer1" {
+		t.Fatalf("write event %+v", write)
+	}
+
+	anon, err := opcua.NewClient(ep.EndpointURL, opcua.SecurityFromEndpoint(ep, ua.UserTokenTypeAnonymous),
+		opcua.Certificate(cliCert), opcua.PrivateKey(cliKey), opcua.AutoReconnect(false), opcua.RequestTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := anon.Connect(ctx); err == nil {
+		anon.Close(ctx)
+		t.Fatal("an anonymous session was activated on a grant restricted to engineer1")
+	}
+	acts := requestEvents(rec, "activate_session")
+	last := acts[len(acts)-1]
+	if last.Allowed || last.Op.OPCUA.Session == nil || last.Op.OPCUA.Session.IdentityType != "anonymous" || !strings.Contains(last.Reason, "session user") {
+		t.Fatalf("anonymous ActivateSession event %+v", last)
+	}
+	// engineer1's session is unaffected.
+	if _, err := eng.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil {
+		t.Fatalf("engineer1 after the refused session: %v", err)
 	}
 }
