@@ -336,3 +336,37 @@ func TestOPCUAAuditFailureDeniesWrite(t *testing.T) {
 		t.Fatalf("read after: %v", err)
 	}
 }
+
+// Two sessions on one secure channel: each request is attributed to the
+// session its AuthenticationToken names, not to the last one activated.
+func TestOPCUATwoSessionsOnOneChannel(t *testing.T) {
+	r := newUARig(t, "", "", sim.OPCUAOptions{})
+	addr := r.l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+	alice := c.session(t, &ua.UserNameIdentityToken{PolicyID: "username", UserName: "alice", Password: []byte("pw")})
+	anon := c.session(t, &ua.AnonymousIdentityToken{PolicyID: "anonymous"})
+
+	users := func() []string {
+		var out []string
+		for _, ev := range requestEvents(r.rec, "read") {
+			if ev.ConnID != r.rec.byAction(audit.ActionConnectionOpen)[1].ConnID {
+				continue // the bystander's
+			}
+			s := ev.Op.OPCUA.Session
+			if s == nil {
+				out = append(out, "none")
+			} else {
+				out = append(out, s.IdentityType+":"+s.UserName)
+			}
+		}
+		return out
+	}
+	for i, tok := range []*ua.NodeID{alice, anon, alice, ua.NewNumericNodeID(0, 4242)} {
+		c.request(readBodyAs(t, tok, uint32(200+i), sim.OPCUASetpoint))
+		c.response()
+	}
+	if got := strings.Join(users(), ","); got != "username:alice,anonymous:,username:alice,none" {
+		t.Fatalf("sessions of the reads: %s", got)
+	}
+}

@@ -241,3 +241,49 @@ func writeBody(t testing.TB, handle uint32, node string, v any) []byte {
 		}},
 	})
 }
+
+// session creates and activates a session with the given identity token
+// and returns its AuthenticationToken.
+func (r *uaRaw) session(t testing.TB, identity any) *ua.NodeID {
+	t.Helper()
+	r.request(typed(t, id.CreateSessionRequest_Encoding_DefaultBinary, &ua.CreateSessionRequest{
+		RequestHeader:           rawReqHeader(100),
+		ClientDescription:       &ua.ApplicationDescription{ApplicationName: ua.NewLocalizedText("raw"), ApplicationURI: "urn:raw"},
+		EndpointURL:             "opc.tcp://raw",
+		SessionName:             "raw",
+		ClientNonce:             make([]byte, 32),
+		RequestedSessionTimeout: 60000,
+	}))
+	_, svc := r.response()
+	cs, ok := svc.(*ua.CreateSessionResponse)
+	if !ok {
+		t.Fatalf("CreateSession: %T %+v", svc, svc)
+	}
+	hdr := rawReqHeader(101)
+	hdr.AuthenticationToken = cs.AuthenticationToken
+	r.request(typed(t, id.ActivateSessionRequest_Encoding_DefaultBinary, &ua.ActivateSessionRequest{
+		RequestHeader:      hdr,
+		ClientSignature:    &ua.SignatureData{},
+		LocaleIDs:          []string{},
+		UserIdentityToken:  ua.NewExtensionObject(identity),
+		UserTokenSignature: &ua.SignatureData{},
+	}))
+	if _, svc := r.response(); svc == nil {
+		t.Fatal("ActivateSession: no response")
+	} else if _, ok := svc.(*ua.ActivateSessionResponse); !ok {
+		t.Fatalf("ActivateSession: %T %+v", svc, svc)
+	}
+	return cs.AuthenticationToken
+}
+
+func readBodyAs(t testing.TB, token *ua.NodeID, handle uint32, node string) []byte {
+	hdr := rawReqHeader(handle)
+	hdr.AuthenticationToken = token
+	return typed(t, id.ReadRequest_Encoding_DefaultBinary, &ua.ReadRequest{
+		RequestHeader:      hdr,
+		TimestampsToReturn: ua.TimestampsToReturnBoth,
+		NodesToRead: []*ua.ReadValueID{{
+			NodeID: ua.MustParseNodeID(node), AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{},
+		}},
+	})
+}
