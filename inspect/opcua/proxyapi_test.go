@@ -118,3 +118,26 @@ func TestDecodeResponseHeader(t *testing.T) {
 		}
 	}
 }
+
+// FuzzResponseHeader: DecodeResponseHeader and SequenceNumber never panic;
+// a sequence number read is the one SetSequenceNumber then writes back
+// unchanged, and a decoded header never claims more bytes than there are.
+func FuzzResponseHeader(f *testing.F) {
+	fault := AppendServiceFaultBody(nil, 7, time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC), StatusBadUserAccessDenied)
+	f.Add(fault)
+	f.Add(chunk(ChunkFinal, 3, 4, fault, 0))
+	f.Add(unhex(f, opnNoneHex))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := DecodeResponseHeader(data); err == nil && len(data) < 2+8+4+4 {
+			t.Fatalf("a header from %d bytes", len(data))
+		}
+		seq, err := SequenceNumber(data)
+		if err != nil {
+			return
+		}
+		cp := append([]byte(nil), data...)
+		if err := SetSequenceNumber(cp, seq); err != nil || !bytes.Equal(cp, data) {
+			t.Fatalf("set %d: %v", seq, err)
+		}
+	})
+}
