@@ -75,8 +75,10 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 
 // startApp builds every piece and binds every listener; nothing is served
 // until serve. On error everything built so far is closed again.
-func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (a *app, err error) {
-	a = &app{cfg: cfg, log: opts.Log, serveErr: make(chan error, len(cfg.Listeners)+1)}
+func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app, err error) {
+	// Not the named result: every error return sets that to nil, and the
+	// cleanup below needs what was built.
+	a := &app{cfg: cfg, log: opts.Log, serveErr: make(chan error, len(cfg.Listeners)+1)}
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
