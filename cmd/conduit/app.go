@@ -142,8 +142,7 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app,
 				return nil, fmt.Errorf("listeners[%d] (%s).tls: %w", i, name, err)
 			}
 			a.serverTLS = append(a.serverTLS, st)
-			po.TLS = st.Config()
-			po.HandshakeReason = handshakeReason
+			po.ServerTLS = st
 		}
 		if lc.UpstreamTLS != nil {
 			ct, err := pki.NewUpstreamTLS(lc.UpstreamTLS)
@@ -174,10 +173,6 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app,
 		go a.metrics.Serve(ln)
 	}
 	return a, nil
-}
-
-func handshakeReason(err error) string {
-	return string(pki.ReasonOf(err)) + ": " + err.Error()
 }
 
 // serve starts accepting on every listener.
