@@ -4,14 +4,18 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	mb "github.com/simonvetter/modbus"
@@ -21,6 +25,7 @@ import (
 	"github.com/conduit-ot/conduit/config"
 	"github.com/conduit-ot/conduit/pki"
 	"github.com/conduit-ot/conduit/policy"
+	"github.com/conduit-ot/conduit/rules"
 )
 
 // testCA is a local CA made with the pki package (pki.InitCA, the same code
@@ -350,4 +355,58 @@ func (d *identityRecorder) all() []*pki.Identity {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]*pki.Identity(nil), d.ids...)
+}
+
+// rolePolicy is the reference policy (rules/, without its Rego tests, which
+// are written against the reference data) with data whose only grants on
+// listener are the reference "operators" and "engineers" grants of
+// plc-line1, their network moved from 10.20.0.0/16 to 127.0.0.0/8: on
+// loopback, the certificate's role decides.
+func rolePolicy(t testing.TB, listener string) *policy.Engine {
+	t.Helper()
+	fsys := fstest.MapFS{}
+	mods, err := fs.Glob(rules.FS, "*.rego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		if strings.HasSuffix(m, "_test.rego") {
+			continue
+		}
+		b, err := fs.ReadFile(rules.FS, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fsys[m] = &fstest.MapFile{Data: b}
+	}
+	raw, err := fs.ReadFile(rules.FS, "data.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref struct {
+		Grants map[string]map[string]map[string]any `json:"grants"`
+	}
+	if err := json.Unmarshal(raw, &ref); err != nil {
+		t.Fatal(err)
+	}
+	grants := map[string]any{}
+	for _, id := range []string{"operators", "engineers"} {
+		g := ref.Grants["plc-line1"][id]
+		if g == nil {
+			t.Fatalf("the reference data has no grant %s on plc-line1", id)
+		}
+		g["clients"].(map[string]any)["cidrs"] = []string{"127.0.0.0/8"}
+		grants[id] = g
+	}
+	data, err := json.Marshal(map[string]any{"grants": map[string]any{listener: grants}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys["data.json"] = &fstest.MapFile{Data: data}
+	e, err := policy.New(context.Background(), policy.Options{Source: policy.Source{Path: "rules with role grants on loopback", FS: fsys}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
 }
