@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -93,6 +94,7 @@ type listenerTLS struct {
 	ca           *testCA
 	server       *pki.Issued
 	clientCAFile string
+	crlFile      string // "": the CA's crl.pem
 }
 
 func newListenerTLS(t testing.TB, ca *testCA) *listenerTLS {
@@ -100,6 +102,27 @@ func newListenerTLS(t testing.TB, ca *testCA) *listenerTLS {
 	lt := &listenerTLS{ca: ca, server: ca.serverCert(t, "proxy"), clientCAFile: filepath.Join(t.TempDir(), "client_ca.crt")}
 	lt.setClientCAs(t, ca)
 	return lt
+}
+
+// setCRLs makes crl_file a file of its own holding the current CRL of each
+// of cas (one PEM block per issuing CA), as an operator trusting several
+// CAs publishes it. Call it again after a revocation.
+func (lt *listenerTLS) setCRLs(t testing.TB, cas ...*testCA) {
+	t.Helper()
+	if lt.crlFile == "" {
+		lt.crlFile = filepath.Join(t.TempDir(), "crl.pem")
+	}
+	var all []byte
+	for _, ca := range cas {
+		b, err := os.ReadFile(ca.crlFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	if err := pki.WriteFileAtomic(lt.crlFile, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // setClientCAs replaces the client CA bundle with the roots of cas.
@@ -121,7 +144,7 @@ func (lt *listenerTLS) yaml(minVersion string) string {
       key_file: %s
       client_ca_file: %s
       crl_file: %s
-`, lt.server.ChainFile, lt.server.KeyFile, lt.clientCAFile, lt.ca.crlFile())
+`, lt.server.ChainFile, lt.server.KeyFile, lt.clientCAFile, cmp.Or(lt.crlFile, lt.ca.crlFile()))
 	if minVersion != "" {
 		y += fmt.Sprintf("      min_version: %q\n", minVersion)
 	}
