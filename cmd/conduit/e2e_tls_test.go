@@ -10,8 +10,13 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,12 +33,18 @@ import (
 // (pki.InitCA, as `conduit pki init`), the proxy's server certificate, a
 // policy directory (the reference policy's Rego with the reference role
 // grants moved to 127.0.0.0/8) and an audit file.
+//
+// The listener's client_ca_file and crl_file are files of their own, as
+// when an operator trusts more than one CA: setClientCAs and setCRLs
+// replace them.
 type tlsSite struct {
-	dir       string
-	ca        *pki.CA
-	server    *pki.Issued
-	policyDir string
-	auditFile string
+	dir          string
+	ca           *pki.CA
+	server       *pki.Issued
+	clientCAFile string
+	crlFile      string
+	policyDir    string
+	auditFile    string
 }
 
 func newTLSSite(t *testing.T, listener string) *tlsSite {
@@ -43,10 +54,49 @@ func newTLSSite(t *testing.T, listener string) *tlsSite {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &tlsSite{dir: dir, ca: ca, policyDir: filepath.Join(dir, "policy"), auditFile: filepath.Join(dir, "audit.jsonl")}
-	s.server = s.issue(t, pki.IssueRequest{Type: pki.CertServer, Name: "appliance", DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	s := &tlsSite{
+		dir: dir, ca: ca, policyDir: filepath.Join(dir, "policy"), auditFile: filepath.Join(dir, "audit.jsonl"),
+		clientCAFile: filepath.Join(dir, "client_ca.crt"), crlFile: filepath.Join(dir, "crl.pem"),
+	}
+	s.server = s.serverCert(t)
+	s.setClientCAs(t, ca)
+	s.setCRLs(t, ca)
 	writeRolePolicy(t, s.policyDir, listener)
 	return s
+}
+
+// serverCert (re-)issues the proxy's certificate for 127.0.0.1 in place.
+func (s *tlsSite) serverCert(t *testing.T) *pki.Issued {
+	t.Helper()
+	return s.issue(t, pki.IssueRequest{Type: pki.CertServer, Name: "appliance", Force: true, DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+}
+
+func (s *tlsSite) setClientCAs(t *testing.T, cas ...*pki.CA) {
+	t.Helper()
+	var roots []*x509.Certificate
+	for _, ca := range cas {
+		roots = append(roots, ca.Root)
+	}
+	if err := pki.WriteFileAtomic(s.clientCAFile, pki.EncodeCerts(roots...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setCRLs writes the current crl.pem of each CA into the listener's
+// crl_file.
+func (s *tlsSite) setCRLs(t *testing.T, cas ...*pki.CA) {
+	t.Helper()
+	var all []byte
+	for _, ca := range cas {
+		b, err := os.ReadFile(filepath.Join(ca.Dir, pki.FileCRL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	if err := pki.WriteFileAtomic(s.crlFile, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (s *tlsSite) issue(t *testing.T, req pki.IssueRequest) *pki.Issued {
@@ -68,7 +118,7 @@ func (s *tlsSite) tlsYAML() string {
       key_file: %s
       client_ca_file: %s
       crl_file: %s
-`, s.server.ChainFile, s.server.KeyFile, filepath.Join(s.ca.Dir, pki.FileRootCert), filepath.Join(s.ca.Dir, pki.FileCRL))
+`, s.server.ChainFile, s.server.KeyFile, s.clientCAFile, s.crlFile)
 }
 
 // config is a whole configuration with one Modbus listener.
@@ -88,7 +138,9 @@ log:
 `, name, listen, upstream, extra, s.policyDir, s.auditFile)
 }
 
-// clientTLS presents is and trusts the site's root.
+// clientTLS presents is and trusts the site's root (the proxy's server
+// certificate). It presents is even when the proxy does not name its
+// issuer as acceptable (a Go client would then send nothing).
 func (s *tlsSite) clientTLS(t *testing.T, is *pki.Issued) *tls.Config {
 	t.Helper()
 	kp, err := pki.LoadKeyPair(is.ChainFile, is.KeyFile)
@@ -97,7 +149,8 @@ func (s *tlsSite) clientTLS(t *testing.T, is *pki.Issued) *tls.Config {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(s.ca.Root)
-	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{*kp}}
+	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{*kp},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp, nil }}
 }
 
 // mbapsClient is a simonvetter/modbus tcp+tls (Modbus/TCP Security) client.
@@ -225,9 +278,6 @@ func TestAppServesTLSListener(t *testing.T) {
 	}
 }
 
-// silence unused imports until the black-box tests use them.
-var _ = io.Discard
-
 // TestStartAppErrorClosesWhatItBuilt: a listener whose TLS material does
 // not load stops startApp with an error that names the field, and what was
 // already built (the audit file, the policy engine) is closed, not leaked
@@ -251,5 +301,381 @@ func TestStartAppErrorClosesWhatItBuilt(t *testing.T) {
 	recs := readAudit(t, s.auditFile)
 	if len(recs) == 0 || recs[0].Action() != "start" {
 		t.Fatalf("audit file %v", recs)
+	}
+}
+
+// ---- black-box: the built binary ----
+
+// e2eBinary builds conduit into a temporary directory (the build cache
+// makes every build after the first a link).
+func e2eBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the conduit binary")
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "conduit")
+	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// e2eProc is a conduit process. Its output is kept for the test's log and
+// for waiting on a line.
+type e2eProc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// e2eStart runs bin with args and waits until its output contains ready.
+// The process is stopped with SIGTERM (then killed) when the test ends.
+func e2eStart(t *testing.T, bin, ready string, args ...string) *e2eProc {
+	t.Helper()
+	p := &e2eProc{t: t, name: args[0], cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("conduit %s output:\n%s", p.name, p.out.String())
+		}
+	})
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(p.out.String(), ready) {
+		select {
+		case <-p.done:
+			t.Fatalf("conduit %s exited (%v) before %q:\n%s", p.name, p.err, ready, p.out.String())
+		case <-deadline:
+			t.Fatalf("conduit %s: no %q after 20s:\n%s", p.name, ready, p.out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return p
+}
+
+func (p *e2eProc) signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// stop sends SIGTERM and waits; it returns the exit error.
+func (p *e2eProc) stop() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	return p.err
+}
+
+// waitOutput waits until the process has printed n occurrences of s.
+func (p *e2eProc) waitOutput(s string, n int) {
+	p.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(p.out.String(), s) < n {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("conduit %s printed %q %d times, want %d", p.name, s, strings.Count(p.out.String(), s), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func e2eFreeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// e2ePoll reads holding register 10 every interval until stop is closed
+// and returns the number of good answers and every failure.
+func e2ePoll(c *mb.ModbusClient, interval time.Duration, want uint16, stop <-chan struct{}) (<-chan int, <-chan []error) {
+	okc, errc := make(chan int, 1), make(chan []error, 1)
+	go func() {
+		ok := 0
+		var errs []error
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				okc <- ok
+				errc <- errs
+				return
+			case <-tick.C:
+			}
+			v, err := c.ReadRegister(10, mb.HOLDING_REGISTER)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case v != want:
+				errs = append(errs, fmt.Errorf("register 10 = %d, want %d", v, want))
+			default:
+				ok++
+			}
+		}
+	}()
+	return okc, errc
+}
+
+// tlsRefused dials addr and reports whether the proxy refused cfg's
+// certificate (TLS 1.3: the refusal shows at the first read).
+func tlsRefused(t *testing.T, addr string, cfg *tls.Config) bool {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return true
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte{0, 1, 0, 0, 0, 6, 1, 3, 0, 10, 0, 1}); err != nil {
+		return true
+	}
+	_, err = io.ReadFull(c, make([]byte, 9))
+	return err != nil
+}
+
+// TestE2ERunReloadsTLSOnSIGHUPUnderTraffic: `conduit run` with an mTLS
+// listener. A Modbus/TCP Security client (role operator) polls at 20
+// requests/s over one connection while the server certificate, the client
+// CA bundle and the CRL (a revocation made with `conduit pki revoke`) are
+// replaced on disk, each followed by SIGHUP. No poll fails; new
+// connections get the new certificate; a client of the newly trusted CA
+// gets in; the revoked client is refused on its next connection; the
+// audit file records every reload and the refusal with its reason.
+func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
+	bin := e2eBinary(t)
+	s := newTLSSite(t, "plc-mbaps")
+	ca2, err := pki.InitCA(filepath.Join(s.dir, "ca2"), pki.InitOptions{Name: "Plant 2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plc := startTestPLC(t, sim.PLCOptions{})
+	plc.SetHolding(10, 4242)
+	addr := e2eFreeAddr(t)
+	cfgPath := filepath.Join(s.dir, "conduit.yaml")
+	if err := os.WriteFile(cfgPath, []byte(s.config("plc-mbaps", addr, plc.Addr(), s.tlsYAML())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	proc := e2eStart(t, bin, `"msg":"conduit running"`, "run", "--config", cfgPath)
+
+	poller := s.issue(t, pki.IssueRequest{Name: "scada", Role: "operator"})
+	doomed := s.issue(t, pki.IssueRequest{Name: "laptop", Role: "operator"})
+	newcomer, err := ca2.Issue(pki.IssueRequest{Type: pki.CertClient, Name: "historian", Role: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := s.clientTLS(t, doomed)
+	if tlsRefused(t, addr, probe) {
+		t.Fatal("a valid client was refused before any reload")
+	}
+	if !tlsRefused(t, addr, s.clientTLS(t, newcomer)) {
+		t.Fatal("a client of a CA not yet trusted got in")
+	}
+	if !tlsRefused(t, addr, &tls.Config{RootCAs: probe.RootCAs, ServerName: "127.0.0.1"}) {
+		t.Fatal("a client without a certificate got in")
+	}
+	serial := func() string {
+		c, err := tls.Dial("tcp", addr, probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return pki.SerialString(c.ConnectionState().PeerCertificates[0].SerialNumber)
+	}
+	oldSerial := serial()
+
+	stop := make(chan struct{})
+	okc, errc := e2ePoll(s.mbapsClient(t, addr, poller), 50*time.Millisecond, 4242, stop)
+	pause := func() { time.Sleep(400 * time.Millisecond) }
+	hups := 0
+	hup := func() {
+		hups++
+		proc.signal(syscall.SIGHUP)
+		proc.waitOutput("reloading (SIGHUP)", hups)
+		pause()
+	}
+	pause()
+
+	s.serverCert(t)
+	hup()
+	if serial() == oldSerial {
+		t.Fatal("new connections still get the old server certificate after SIGHUP")
+	}
+
+	s.setCRLs(t, s.ca, ca2)
+	s.setClientCAs(t, s.ca, ca2)
+	hup()
+	if tlsRefused(t, addr, s.clientTLS(t, newcomer)) {
+		t.Fatal("a client of the newly trusted CA was refused after SIGHUP")
+	}
+
+	out, err := exec.Command(bin, "pki", "revoke", doomed.Entry.Serial, "--reason", "key-compromise", "--dir", s.ca.Dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("conduit pki revoke: %v\n%s", err, out)
+	}
+	s.setCRLs(t, s.ca, ca2)
+	hup()
+	if !tlsRefused(t, addr, probe) {
+		t.Fatal("the revoked client made a new connection after SIGHUP")
+	}
+
+	close(stop)
+	if errs := <-errc; len(errs) > 0 {
+		t.Fatalf("%d polls failed during the reloads: %v", len(errs), errs)
+	}
+	if ok := <-okc; ok < 20 {
+		t.Fatalf("only %d polls", ok)
+	}
+	if err := proc.stop(); err != nil {
+		t.Fatalf("conduit run exited with %v", err)
+	}
+
+	recs := readAudit(t, s.auditFile)
+	if err := audittest.CheckSequence(recs); err != nil {
+		t.Fatal(err)
+	}
+	var reloaded []string
+	for _, r := range audittest.Filter(recs, "certificate-reload") {
+		if r.String("event.outcome") != "success" {
+			t.Errorf("certificate-reload %s: %s", r.String("event.outcome"), r.String("event.reason"))
+		}
+		reloaded = append(reloaded, r.String("event.reason"))
+	}
+	for _, m := range []string{pki.MaterialCertificate, pki.MaterialClientCA, pki.MaterialCRL} {
+		if !strings.Contains(strings.Join(reloaded, " "), m) {
+			t.Errorf("no certificate-reload event names %s: %q", m, reloaded)
+		}
+	}
+	var reasons []string
+	revokedRefusals := 0
+	for _, r := range audittest.Filter(recs, "tls-handshake") {
+		reason := r.String("event.reason")
+		reasons = append(reasons, reason)
+		if r.String("event.outcome") != "failure" {
+			t.Errorf("tls-handshake event with outcome %s", r.String("event.outcome"))
+		}
+		if strings.HasPrefix(reason, "revoked: ") && strings.Contains(reason, doomed.Entry.Serial) {
+			revokedRefusals++
+		}
+	}
+	if revokedRefusals != 1 {
+		t.Errorf("%d revoked refusals of %s in %q, want 1", revokedRefusals, doomed.Entry.Serial, reasons)
+	}
+	for _, want := range []string{"unknown_ca: ", "no_client_cert: "} {
+		if !slices.ContainsFunc(reasons, func(r string) bool { return strings.HasPrefix(r, want) }) {
+			t.Errorf("no refusal with reason %s in %q", want, reasons)
+		}
+	}
+	conns := map[uint64]bool{}
+	for _, r := range audittest.Filter(recs, "request") {
+		if slices.Equal(r.Strings("tls.client.x509.subject.common_name"), []string{"scada"}) {
+			conns[r.Uint("conduit.connection_id")] = true
+			if !r.HasType("allowed") || !slices.Equal(r.Strings("conduit.client.roles"), []string{"operator"}) || r.String("tls.version") != "1.3" {
+				t.Fatalf("poll event: allowed %v roles %v tls %q reason %q", r.HasType("allowed"), r.Strings("conduit.client.roles"), r.String("tls.version"), r.String("event.reason"))
+			}
+		}
+	}
+	if len(conns) != 1 {
+		t.Fatalf("the poller's requests came over %d connections, want 1", len(conns))
+	}
+}
+
+// TestE2EConnectToRun: a legacy plain-TCP Modbus client (simonvetter
+// tcp://) → `conduit connect` → `conduit run`'s mTLS listener → device.
+// The engineer role of connect's certificate lets the write through, and
+// the audit file names connect's certificate.
+func TestE2EConnectToRun(t *testing.T) {
+	bin := e2eBinary(t)
+	s := newTLSSite(t, "plc-mbaps")
+	plc := startTestPLC(t, sim.PLCOptions{})
+	plc.SetHolding(10, 77)
+	addr := e2eFreeAddr(t)
+	cfgPath := filepath.Join(s.dir, "conduit.yaml")
+	if err := os.WriteFile(cfgPath, []byte(s.config("plc-mbaps", addr, plc.Addr(), s.tlsYAML())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e2eStart(t, bin, `"msg":"conduit running"`, "run", "--config", cfgPath)
+
+	eng := s.issue(t, pki.IssueRequest{Name: "legacy-hmi", Role: "engineer"})
+	plain := e2eFreeAddr(t)
+	e2eStart(t, bin, "conduit connect: "+plain, "connect", "--listen", plain, "--to", addr,
+		"--cert", eng.ChainFile, "--key", eng.KeyFile, "--ca", filepath.Join(s.ca.Dir, pki.FileRootCert))
+
+	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + plain, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if v, err := c.ReadRegister(10, mb.HOLDING_REGISTER); err != nil || v != 77 {
+		t.Fatalf("read through connect: %v, %v", v, err)
+	}
+	if err := c.WriteRegister(12, 900); err != nil {
+		t.Fatalf("setpoint write through connect: %v", err)
+	}
+	if err := c.WriteRegister(12, 1001); err == nil {
+		t.Fatal("a write above the grant's max got through")
+	}
+	if plc.Holding(12) != 900 || len(plc.Writes()) != 1 {
+		t.Fatalf("device writes %+v", plc.Writes())
+	}
+	recs := readAudit(t, s.auditFile)
+	reqs := audittest.Filter(recs, "request")
+	if len(reqs) != 3 {
+		t.Fatalf("%d request events, want 3", len(reqs))
+	}
+	for _, r := range reqs {
+		if !slices.Equal(r.Strings("tls.client.x509.subject.common_name"), []string{"legacy-hmi"}) ||
+			r.String("tls.client.x509.serial_number") != eng.Entry.Serial ||
+			!slices.Equal(r.Strings("conduit.client.roles"), []string{"engineer"}) {
+			t.Fatalf("event does not name connect's certificate: cn %v serial %s roles %v",
+				r.Strings("tls.client.x509.subject.common_name"), r.String("tls.client.x509.serial_number"), r.Strings("conduit.client.roles"))
+		}
+	}
+	if len(audittest.AllowedWrites(recs)) != 1 {
+		t.Fatalf("%d allowed writes in the audit file, the device applied 1", len(audittest.AllowedWrites(recs)))
 	}
 }
