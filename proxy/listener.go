@@ -87,6 +87,9 @@ func New(opts Options) (*Listener, error) {
 		}
 		l.tls = opts.TLS
 	}
+	if opts.UpstreamClientTLS != nil && opts.UpstreamTLS != nil {
+		return nil, fmt.Errorf("proxy: listener %s: set UpstreamClientTLS or UpstreamTLS, not both", cfg.Name)
+	}
 	switch cfg.Protocol {
 	case config.ProtocolModbus:
 		l.handler = newModbusHandler(l)

@@ -60,8 +60,13 @@ type Options struct {
 	Identity func(tls.ConnectionState) (*pki.Identity, error)
 
 	// Dial connects to the device. Nil dials Listener.Upstream over TCP,
-	// wrapped in UpstreamTLS when that is set.
-	Dial        func(ctx context.Context) (net.Conn, error)
+	// wrapped in TLS when UpstreamClientTLS or UpstreamTLS is set.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// UpstreamClientTLS is the client side of a listener's upstream_tls
+	// (pki.NewUpstreamTLS). Its current material is taken at every dial,
+	// so a Reload (SIGHUP) reaches the next upstream connection.
+	UpstreamClientTLS *pki.ClientTLS
+	// UpstreamTLS, instead of UpstreamClientTLS, is a fixed configuration.
 	UpstreamTLS *tls.Config
 
 	// Slots is the connection cap shared by all listeners

@@ -219,7 +219,7 @@ func startTLSProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.R
 			t.Fatal(err)
 		}
 		p.ct = ct
-		po.UpstreamTLS = ct.Config(lc.Upstream)
+		po.UpstreamClientTLS = ct
 	}
 	l, err := New(po)
 	if err != nil {

@@ -43,8 +43,37 @@ func startMbapsPLC(t *testing.T, deviceCA *testCA, clientCAs ...*testCA) *sim.PL
 // device's own view of who connected — and serves a simulated PLC's tables.
 type roleDevice struct {
 	*sim.PLC
+	addr  string
 	mu    sync.Mutex
 	roles []string
+}
+
+// startRoleDevice serves a roleDevice over tcp+tls with a certificate of
+// deviceCA, trusting clients of clientCA.
+func startRoleDevice(t *testing.T, deviceCA, clientCA *testCA) *roleDevice {
+	t.Helper()
+	tables, err := sim.StartPLC(sim.PLCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tables.Close() })
+	dev := &roleDevice{PLC: tables, addr: freeLoopbackAddr(t)}
+	kp := keyPair(t, deviceCA.serverCert(t, "plc-2"))
+	srv, err := mb.NewServer(&mb.ServerConfiguration{URL: "tcp+tls://" + dev.addr, Timeout: time.Minute, MaxClients: 4, TLSServerCert: &kp, TLSClientCAs: certPool(clientCA)}, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	return dev
+}
+
+func (d *roleDevice) seenRoles() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.roles...)
 }
 
 func (d *roleDevice) seen(role string) {
@@ -110,30 +139,13 @@ func TestUpstreamTLSToModbusSecurityDevice(t *testing.T) {
 	})
 
 	t.Run("the device sees the proxy's certificate", func(t *testing.T) {
-		tables, err := sim.StartPLC(sim.PLCOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tables.Close()
-		dev := &roleDevice{PLC: tables}
-		addr := freeLoopbackAddr(t)
-		kp := keyPair(t, otCA.serverCert(t, "plc-2"))
-		srv, err := mb.NewServer(&mb.ServerConfiguration{URL: "tcp+tls://" + addr, Timeout: time.Minute, MaxClients: 4, TLSServerCert: &kp, TLSClientCAs: certPool(plant)}, dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer srv.Stop()
-		p := startTLSProxy(t, tlsListenerConfig(t, "plc-secure", addr, lt.yaml("")+upstreamYAML(gateway, otCA)), allowAll(), &memRecorder{}, tlsProxyOptions{noWatch: true})
+		dev := startRoleDevice(t, otCA, plant)
+		p := startTLSProxy(t, tlsListenerConfig(t, "plc-secure", dev.addr, lt.yaml("")+upstreamYAML(gateway, otCA)), allowAll(), &memRecorder{}, tlsProxyOptions{noWatch: true})
 		if _, err := mbapsClient(t, p.addr(), hmi, plant).ReadRegister(0, mb.HOLDING_REGISTER); err != nil {
 			t.Fatal(err)
 		}
-		dev.mu.Lock()
-		defer dev.mu.Unlock()
-		if len(dev.roles) != 1 || dev.roles[0] != "gateway" {
-			t.Fatalf("the device read roles %q from its client's certificate, want the proxy's [gateway]", dev.roles)
+		if r := dev.seenRoles(); len(r) != 1 || r[0] != "gateway" {
+			t.Fatalf("the device read roles %q from its client's certificate, want the proxy's [gateway]", r)
 		}
 	})
 
@@ -185,5 +197,36 @@ func TestUpstreamTLSToModbusSecurityDevice(t *testing.T) {
 				t.Fatalf("the log does not say %q:\n%s", tc.logReason, strings.Join(why, "\n"))
 			}
 		})
+	}
+}
+
+// TestUpstreamTLSReload: after the proxy's upstream client certificate is
+// replaced on disk and reloaded (SIGHUP), the next upstream connection
+// presents the new certificate; the established one is not touched.
+func TestUpstreamTLSReload(t *testing.T) {
+	plant := newTestCA(t, "Plant")
+	otCA := newTestCA(t, "OT Devices")
+	lt := newListenerTLS(t, plant)
+	gateway := plant.issue(t, pki.IssueRequest{Name: "conduit-gateway", Role: "gateway-2025"})
+	hmi := plant.issue(t, pki.IssueRequest{Name: "hmi", Role: "engineer"})
+	dev := startRoleDevice(t, otCA, plant)
+	p := startTLSProxy(t, tlsListenerConfig(t, "plc-secure", dev.addr, lt.yaml("")+upstreamYAML(gateway, otCA)), allowAll(), &memRecorder{}, tlsProxyOptions{noWatch: true})
+
+	first := mbapsClient(t, p.addr(), hmi, plant)
+	if _, err := first.ReadRegister(0, mb.HOLDING_REGISTER); err != nil {
+		t.Fatal(err)
+	}
+	plant.issue(t, pki.IssueRequest{Name: "conduit-gateway", Role: "gateway-2026", Force: true})
+	if err := p.ct.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.ReadRegister(0, mb.HOLDING_REGISTER); err != nil {
+		t.Fatalf("the established upstream connection after the reload: %v", err)
+	}
+	if _, err := mbapsClient(t, p.addr(), hmi, plant).ReadRegister(0, mb.HOLDING_REGISTER); err != nil {
+		t.Fatal(err)
+	}
+	if r := dev.seenRoles(); strings.Join(r, ",") != "gateway-2025,gateway-2025,gateway-2026" {
+		t.Fatalf("the device saw roles %q, want the old certificate on the old connection and the new one on the next", r)
 	}
 }

@@ -150,7 +150,7 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app,
 				return nil, fmt.Errorf("listeners[%d] (%s).upstream_tls: %w", i, lc.Name, err)
 			}
 			a.clientTLS = append(a.clientTLS, ct)
-			po.UpstreamTLS = ct.Config(lc.Upstream)
+			po.UpstreamClientTLS = ct
 		}
 		l, err := proxy.New(po)
 		if err != nil {
