@@ -8,8 +8,10 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -241,4 +243,61 @@ func readAuditFile(t *testing.T, path string) []audittest.Record {
 		t.Fatal(err)
 	}
 	return recs
+}
+
+// TestTLSPymodbusClient: pymodbus's TLS client, a second independent
+// Modbus/TCP Security implementation, through the mTLS listener with the
+// reference role grants. With the MBAP framer (the specification's
+// framing) an engineer reads and writes a setpoint. pymodbus's default TLS
+// framer sends bare PDUs: the proxy cannot frame them and closes the
+// connection, audited as malformed, with nothing forwarded.
+func TestTLSPymodbusClient(t *testing.T) {
+	pymodbusAvailable(t)
+	ca := newTestCA(t, "Plant")
+	plc := startPLC(t)
+	plc.SetHolding(10, 4711)
+	lt := newListenerTLS(t, ca)
+	rec := &memRecorder{}
+	p := startTLSProxy(t, tlsListenerConfig(t, "plc-mbaps", plc.Addr(), lt.yaml("")), rolePolicy(t, "plc-mbaps"), rec, tlsProxyOptions{noWatch: true})
+	eng := ca.issue(t, pki.IssueRequest{Name: "eng-py", Role: "engineer"})
+
+	run := func(framer string) map[string]any {
+		host, port, _ := strings.Cut(p.addr(), ":")
+		out, err := exec.Command(debianPython, "testdata/pymodbus_tls_client.py", host, port, eng.ChainFile, eng.KeyFile, ca.rootFile(), framer).Output()
+		if err != nil {
+			t.Fatalf("pymodbus TLS client (%s framer): %v", framer, err)
+		}
+		var res map[string]any
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatalf("pymodbus output %q: %v", out, err)
+		}
+		return res
+	}
+
+	res := run("socket")
+	if res["connected"] != true || mustJSON(t, res["read"]) != "[4711]" || res["write"] != "ok" {
+		t.Fatalf("pymodbus over TLS with the MBAP framer: %v", res)
+	}
+	if plc.Holding(12) != 300 {
+		t.Fatal("the write did not reach the device")
+	}
+	reqs := rec.byAction(audit.ActionRequest)
+	if len(reqs) != 2 || reqs[1].Identity == nil || reqs[1].Identity.CommonName != "eng-py" || !reqs[1].Allowed {
+		t.Fatalf("request events %+v", reqs)
+	}
+
+	before := plc.Requests()
+	res = run("tls")
+	if _, failed := res["read"].(map[string]any); !failed {
+		t.Fatalf("bare-PDU framing answered: %v", res)
+	}
+	waitFor(t, "a malformed-frame event", func() bool { return len(rec.byAction(audit.ActionMalformed)) >= 1 })
+	for _, ev := range rec.byAction(audit.ActionMalformed) {
+		if ev.Rule != "framing.bad_protocol_id" || ev.Identity == nil || ev.Identity.CommonName != "eng-py" {
+			t.Errorf("malformed event rule %q identity %+v", ev.Rule, ev.Identity)
+		}
+	}
+	if n := len(rec.byAction(audit.ActionRequest)); n != 2 || plc.Requests() != before {
+		t.Fatalf("bare PDUs were decided (%d request events) or reached the device", n)
+	}
 }
