@@ -167,3 +167,36 @@ func TestNewRefusesTLSThatDoesNotVerify(t *testing.T) {
 		t.Errorf("ServerTLS refused: %v", err)
 	}
 }
+
+// TestTLSHandshakeTimeout: a client that connects and never completes the
+// handshake is cut at timeouts.handshake, audited as handshake_timeout,
+// and never makes the proxy dial.
+func TestTLSHandshakeTimeout(t *testing.T) {
+	ca := newTestCA(t, "Plant")
+	plc := startPLC(t)
+	dev := startCountingDevice(t, plc.Addr())
+	lt := newListenerTLS(t, ca)
+	rec := &memRecorder{}
+	p := startTLSProxy(t, tlsListenerConfig(t, "plc-tls", dev.addr(), lt.yaml("")+"    timeouts:\n      handshake: 200ms\n"), allowAll(), rec, tlsProxyOptions{noWatch: true})
+	start := time.Now()
+	c := dialRaw(t, p.addr())
+	c.send("0001 0000 0006 01 03 000a 0001") // Modbus where a ClientHello belongs
+	c.expectClosed()
+	silent := dialRaw(t, p.addr()) // says nothing at all
+	silent.expectClosed()
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("closed after %s", el)
+	}
+	waitFor(t, "two refusals", func() bool { return len(rec.byAction(audit.ActionHandshake)) == 2 })
+	codes := map[string]bool{}
+	for _, ev := range rec.byAction(audit.ActionHandshake) {
+		code, _, _ := strings.Cut(ev.Reason, ": ")
+		codes[code] = true
+	}
+	if !codes[string(pki.ReasonHandshakeTimeout)] || !codes[string(pki.ReasonHandshakeFailed)] {
+		t.Fatalf("reason codes %v, want handshake_failed (not TLS) and handshake_timeout", codes)
+	}
+	if n := dev.accepted.Load(); n != 0 {
+		t.Fatalf("the device accepted %d connections", n)
+	}
+}
