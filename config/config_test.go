@@ -64,6 +64,8 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 			[]string{"c.yaml:6: listeners[0].tls.client_ca_file: required", "c.yaml:9: listeners[0].tls.min_version: \"1.1\""}},
 		{"duplicate listener", strings.Replace(minimal, "policy:", "  - name: plc-line1\n    protocol: modbus\n    listen: 127.0.0.1:5020\n    upstream: 127.0.0.1:1\npolicy:", 1),
 			[]string{"c.yaml:6: listeners[1].name: \"plc-line1\" is already", "c.yaml:8: listeners[1].listen: 127.0.0.1:5020 is also"}},
+		{"upstream tls without a client certificate", minimal[:strings.Index(minimal, "policy:")] + "    upstream_tls:\n      ca_file: plc-ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
+			[]string{"c.yaml:6: listeners[0].upstream_tls.cert_file: required", "c.yaml:6: listeners[0].upstream_tls.key_file: required"}},
 		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
 	}
 	for _, tc := range cases {

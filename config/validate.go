@@ -153,8 +153,13 @@ func (u *UpstreamTLS) validate(p string) []*Error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &Error{Field: p + field, Msg: fmt.Sprintf(format, args...)})
 	}
-	if (u.CertFile == "") != (u.KeyFile == "") {
-		bad(".key_file", "cert_file and key_file go together")
+	// Modbus/TCP Security is mutually authenticated: the proxy always
+	// presents a client certificate to the device.
+	if u.CertFile == "" {
+		bad(".cert_file", "required: the client certificate the proxy presents to the device")
+	}
+	if u.KeyFile == "" {
+		bad(".key_file", "required: the key of cert_file")
 	}
 	if u.CAFile == "" {
 		bad(".ca_file", "required: the device certificate is always verified")

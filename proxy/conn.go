@@ -100,8 +100,8 @@ func (c *Conn) writeClient(b []byte) error {
 }
 
 // dial connects to the device under the connect timeout, with TLS when the
-// listener has upstream_tls. The connection is registered so close() also
-// closes it.
+// listener has upstream_tls (the material current at this dial). The
+// connection is registered so close() also closes it.
 func (c *Conn) dial() (net.Conn, error) {
 	l := c.l
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Connect.D())
@@ -113,8 +113,12 @@ func (c *Conn) dial() (net.Conn, error) {
 	} else {
 		var d net.Dialer
 		up, err = d.DialContext(ctx, "tcp", l.cfg.Upstream)
-		if err == nil && l.opts.UpstreamTLS != nil {
-			tc := tls.Client(up, l.opts.UpstreamTLS)
+		cfg := l.opts.UpstreamTLS
+		if ct := l.opts.UpstreamClientTLS; ct != nil {
+			cfg = ct.Config(l.cfg.Upstream)
+		}
+		if err == nil && cfg != nil {
+			tc := tls.Client(up, cfg)
 			if err = tc.HandshakeContext(ctx); err != nil {
 				up.Close()
 			} else {

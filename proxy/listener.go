@@ -28,6 +28,12 @@ type Listener struct {
 	slots   *Slots // this listener's max_connections
 	connIDs *atomic.Uint64
 
+	// tls is the server configuration (nil: plain TCP). verifiedByPKI:
+	// it is a pki.ServerTLS's, which verifies the client certificate in
+	// the handshake without filling VerifiedChains (Options.ServerTLS).
+	tls           *tls.Config
+	verifiedByPKI bool
+
 	ln      net.Listener
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: drain
@@ -67,8 +73,22 @@ func New(opts Options) (*Listener, error) {
 	if l.connIDs == nil {
 		l.connIDs = new(atomic.Uint64)
 	}
-	if opts.TLS != nil && opts.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
-		return nil, fmt.Errorf("proxy: listener %s: TLS must require and verify client certificates", cfg.Name)
+	switch {
+	case opts.ServerTLS != nil && opts.TLS != nil:
+		return nil, fmt.Errorf("proxy: listener %s: set ServerTLS or TLS, not both", cfg.Name)
+	case opts.ServerTLS != nil:
+		l.tls, l.verifiedByPKI = opts.ServerTLS.Config(), true
+		if l.opts.HandshakeReason == nil {
+			l.opts.HandshakeReason = pkiHandshakeReason
+		}
+	case opts.TLS != nil:
+		if opts.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+			return nil, fmt.Errorf("proxy: listener %s: TLS must require and verify client certificates", cfg.Name)
+		}
+		l.tls = opts.TLS
+	}
+	if opts.UpstreamClientTLS != nil && opts.UpstreamTLS != nil {
+		return nil, fmt.Errorf("proxy: listener %s: set UpstreamClientTLS or UpstreamTLS, not both", cfg.Name)
 	}
 	switch cfg.Protocol {
 	case config.ProtocolModbus:
@@ -204,7 +224,7 @@ func (l *Listener) handle(raw net.Conn) {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(30 * time.Second)
 	}
-	if l.opts.TLS != nil {
+	if l.tls != nil {
 		if !l.handshake(c, raw) {
 			return
 		}
@@ -261,7 +281,7 @@ func (l *Listener) refuse(raw net.Conn, src netip.AddrPort, reason string) {
 // handshake runs the TLS handshake under the handshake timeout and reads the
 // verified identity. Nothing is dialed before it succeeds.
 func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
-	tc := tls.Server(raw, l.opts.TLS)
+	tc := tls.Server(raw, l.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Handshake.D())
 	defer cancel()
 	fail := func(reason string, err error) bool {
@@ -280,7 +300,7 @@ func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
 		return fail(reason, err)
 	}
 	st := tc.ConnectionState()
-	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+	if len(st.PeerCertificates) == 0 || (len(st.VerifiedChains) == 0 && !l.verifiedByPKI) {
 		return fail("no verified client certificate", nil)
 	}
 	identity := l.opts.Identity
@@ -297,6 +317,13 @@ func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
 	c.identity = id
 	c.tlsVersion = tlsVersionName(st.Version)
 	return true
+}
+
+// pkiHandshakeReason is the audit reason of a handshake refused by a
+// pki.ServerTLS configuration: the stable code first, then the detail
+// (subject and serial of a refused certificate).
+func pkiHandshakeReason(err error) string {
+	return string(pki.ReasonOf(err)) + ": " + err.Error()
 }
 
 func tlsVersionName(v uint16) string {

@@ -37,20 +37,36 @@ type Options struct {
 	Log      *zap.Logger // operational log; nil discards
 	Metrics  *Metrics    // nil: counted but not exported
 
-	// TLS, when set, makes the listener terminate TLS. The configuration
-	// must require and verify a client certificate: the proxy reads the
-	// identity from the verified chain and refuses a connection without one.
+	// ServerTLS makes the listener terminate mutual TLS with the material
+	// of a listener's tls section (what `conduit run` uses). pki verifies
+	// the client certificate inside the handshake, in its own
+	// VerifyConnection, so that every refusal carries a pki.Reason; crypto/tls
+	// then leaves ConnectionState.VerifiedChains empty, and a handshake
+	// that completed with ServerTLS's configuration is the proof of a
+	// verified certificate. HandshakeReason defaults to the pki.Reason.
+	ServerTLS *pki.ServerTLS
+	// TLS, when set instead of ServerTLS, makes the listener terminate TLS
+	// with a configuration of the caller's. It must require and verify a
+	// client certificate (tls.RequireAndVerifyClientCert): the proxy reads
+	// the identity from the verified chain and refuses a connection
+	// without one.
 	TLS *tls.Config
 	// HandshakeReason classifies a failed handshake for the audit event
-	// (e.g. "revoked", "expired"); nil uses the error text.
+	// (e.g. "revoked", "expired"); nil uses the pki.Reason with ServerTLS,
+	// the error text otherwise.
 	HandshakeReason func(error) string
 	// Identity turns the verified peer certificate into the policy's
 	// identity; nil uses pki.IdentityFromCertificate.
 	Identity func(tls.ConnectionState) (*pki.Identity, error)
 
 	// Dial connects to the device. Nil dials Listener.Upstream over TCP,
-	// wrapped in UpstreamTLS when that is set.
-	Dial        func(ctx context.Context) (net.Conn, error)
+	// wrapped in TLS when UpstreamClientTLS or UpstreamTLS is set.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// UpstreamClientTLS is the client side of a listener's upstream_tls
+	// (pki.NewUpstreamTLS). Its current material is taken at every dial,
+	// so a Reload (SIGHUP) reaches the next upstream connection.
+	UpstreamClientTLS *pki.ClientTLS
+	// UpstreamTLS, instead of UpstreamClientTLS, is a fixed configuration.
 	UpstreamTLS *tls.Config
 
 	// Slots is the connection cap shared by all listeners

@@ -75,8 +75,10 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 
 // startApp builds every piece and binds every listener; nothing is served
 // until serve. On error everything built so far is closed again.
-func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (a *app, err error) {
-	a = &app{cfg: cfg, log: opts.Log, serveErr: make(chan error, len(cfg.Listeners)+1)}
+func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app, err error) {
+	// Not the named result: every error return sets that to nil, and the
+	// cleanup below needs what was built.
+	a := &app{cfg: cfg, log: opts.Log, serveErr: make(chan error, len(cfg.Listeners)+1)}
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
@@ -140,8 +142,7 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (a *app,
 				return nil, fmt.Errorf("listeners[%d] (%s).tls: %w", i, name, err)
 			}
 			a.serverTLS = append(a.serverTLS, st)
-			po.TLS = st.Config()
-			po.HandshakeReason = handshakeReason
+			po.ServerTLS = st
 		}
 		if lc.UpstreamTLS != nil {
 			ct, err := pki.NewUpstreamTLS(lc.UpstreamTLS)
@@ -149,7 +150,7 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (a *app,
 				return nil, fmt.Errorf("listeners[%d] (%s).upstream_tls: %w", i, lc.Name, err)
 			}
 			a.clientTLS = append(a.clientTLS, ct)
-			po.UpstreamTLS = ct.Config(lc.Upstream)
+			po.UpstreamClientTLS = ct
 		}
 		l, err := proxy.New(po)
 		if err != nil {
@@ -172,10 +173,6 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (a *app,
 		go a.metrics.Serve(ln)
 	}
 	return a, nil
-}
-
-func handshakeReason(err error) string {
-	return string(pki.ReasonOf(err)) + ": " + err.Error()
 }
 
 // serve starts accepting on every listener.
