@@ -264,3 +264,28 @@ func requestEvents(r *memRecorder, name string) []audit.Event {
 	}
 	return out
 }
+
+func TestOPCUAEndpointURL(t *testing.T) {
+	local := &net.TCPAddr{IP: net.IPv4(10, 20, 0, 5), Port: 4841}
+	for _, tc := range []struct{ endpoint, want string }{
+		{"opc.tcp://conduit.plant.example:4841", "opc.tcp://conduit.plant.example:4841"},
+		{"opc.tcp://0.0.0.0:4841", "opc.tcp://10.20.0.5:4841"},
+		{"opc.tcp://[::]:4841/UA/Line1", "opc.tcp://10.20.0.5:4841/UA/Line1"},
+		{"opc.tcp://:4841", "opc.tcp://10.20.0.5:4841"},
+		{"opc.tcp://127.0.0.1:0", "opc.tcp://127.0.0.1:4841"},
+	} {
+		if got := endpointURL(tc.endpoint, local); got != tc.want {
+			t.Errorf("endpointURL(%q) = %q, want %q", tc.endpoint, got, tc.want)
+		}
+	}
+	for _, tc := range []struct{ old, target, want string }{
+		{"opc.tcp://plc:4840", "opc.tcp://proxy:4841", "opc.tcp://proxy:4841"},
+		{"opc.tcp://plc:4840/UA/Server", "opc.tcp://proxy:4841", "opc.tcp://proxy:4841/UA/Server"},
+		{"opc.tcp://plc:4840/UA/Server", "opc.tcp://proxy:4841/Line1", "opc.tcp://proxy:4841/Line1"},
+		{"http://plc/discovery", "opc.tcp://proxy:4841", "opc.tcp://proxy:4841"},
+	} {
+		if got := rewriteURL(tc.old, tc.target); got != tc.want {
+			t.Errorf("rewriteURL(%q, %q) = %q, want %q", tc.old, tc.target, got, tc.want)
+		}
+	}
+}

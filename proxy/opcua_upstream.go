@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -178,7 +179,7 @@ func (u *uaConn) session(p *uaPending, body []byte) {
 // CreateSession response at the proxy, so that a client that discovers
 // through the proxy keeps connecting through it.
 func (u *uaConn) rewriteEndpoints(msg *opcua.Message) bool {
-	target := u.h.endpointURL()
+	target := endpointURL(u.h.endpoint, u.c.client.LocalAddr())
 	ok, err := u.rewriteLocked(msg, target)
 	if err != nil {
 		u.malformedServer("rewrite", err, joinChunks(msg.Chunks))
@@ -214,20 +215,39 @@ func (u *uaConn) rewriteLocked(msg *opcua.Message, target string) (bool, error) 
 	return true, nil
 }
 
-// endpointURL is endpoint_url, with a port 0 (a test listener on :0)
-// replaced by the port actually bound.
-func (h *opcuaHandler) endpointURL() string {
-	if rest, ok := strings.CutPrefix(h.endpoint, "opc.tcp://"); ok && h.l.ln != nil {
-		host, path, _ := strings.Cut(rest, "/")
-		if strings.HasSuffix(host, ":0") {
-			u := "opc.tcp://" + h.l.ln.Addr().String()
-			if path != "" {
-				u += "/" + path
-			}
-			return u
-		}
+// endpointURL is endpoint_url for a client that reached the proxy at
+// local. An unspecified host (endpoint_url defaults to opc.tcp://<listen>,
+// and listen may be 0.0.0.0:4841) or port 0 (a test listener on :0) is
+// replaced by the address the client actually connected to.
+func endpointURL(endpoint string, local net.Addr) string {
+	rest, ok := strings.CutPrefix(endpoint, "opc.tcp://")
+	if !ok || local == nil {
+		return endpoint
 	}
-	return h.endpoint
+	hostport, path, hasPath := strings.Cut(rest, "/")
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return endpoint
+	}
+	lhost, lport, err := net.SplitHostPort(local.String())
+	if err != nil {
+		return endpoint
+	}
+	changed := false
+	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+		host, changed = lhost, true
+	}
+	if port == "0" {
+		port, changed = lport, true
+	}
+	if !changed {
+		return endpoint
+	}
+	u := "opc.tcp://" + net.JoinHostPort(host, port)
+	if hasPath {
+		u += "/" + path
+	}
+	return u
 }
 
 // rewriteURL replaces the scheme and authority of an endpoint URL with
