@@ -329,12 +329,13 @@ func (u *uaConn) request(msg *opcua.Message) (string, bool) {
 	}
 
 	if busy, status := u.admit(msg); busy != "" {
+		l.metrics.denied.Inc()
 		ev := u.requestEvent(policy.Decision{Reason: busy, Rule: "proxy.outstanding"})
 		if status == 0 {
 			// A duplicate RequestId cannot be paired: fail closed.
 			ev.DenyAction = "close"
+			ev.StatusCode = opcua.StatusBadTCPInternalError
 			c.record(ev)
-			l.metrics.denied.Inc()
 			u.sendError(opcua.StatusBadTCPInternalError, busy)
 			return "request denied: " + busy, false
 		}
@@ -395,16 +396,15 @@ func (u *uaConn) refuse(msg *opcua.Message, info opcua.RequestInfo, mode opcua.S
 		// ServiceFault nor withhold a chunk without leaving a gap in the
 		// signed sequence numbers. An OPN or CLO has no ServiceFault to
 		// answer with. The connection ends.
-		ev.DenyAction = "close"
 		if action == policy.ActionReset {
 			ev.DenyAction = action.String()
-		}
-		ev.StatusCode = status
-		c.record(ev)
-		if action == policy.ActionReset {
+			c.record(ev)
 			c.reset("request denied: " + ev.Reason)
 			return "request denied with reset: " + ev.Reason, false
 		}
+		ev.DenyAction = "close"
+		ev.StatusCode = status // in the ERR
+		c.record(ev)
 		u.sendError(status, ev.Reason)
 		return fmt.Sprintf("request denied on a %s channel: %s", channelKind(mode, msg), ev.Reason), false
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/gopcua/opcua/ua"
 
 	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/policy"
 	"github.com/conduit-ot/conduit/sim"
 )
 
@@ -368,5 +370,46 @@ func TestOPCUATwoSessionsOnOneChannel(t *testing.T) {
 	}
 	if got := strings.Join(users(), ","); got != "username:alice,anonymous:,username:alice,none" {
 		t.Fatalf("sessions of the reads: %s", got)
+	}
+}
+
+// The policy's deny actions on a None channel: drop withholds the request
+// without an answer and the channel goes on (renumbered); reset ends the
+// connection with a TCP reset.
+func TestOPCUADenyActions(t *testing.T) {
+	srv := startSimUA(t, sim.OPCUAOptions{CountEvery: -1})
+	for _, action := range []policy.Action{policy.ActionDrop, policy.ActionReset} {
+		t.Run(action.String(), func(t *testing.T) {
+			rec := &memRecorder{}
+			d := &funcDecider{fn: func(in *policy.Input) policy.Decision {
+				if in.Op.Access == inspect.AccessWrite {
+					return policy.Decision{Reason: "no writes", Action: action}
+				}
+				return policy.Decision{Allow: true, Reason: "ok"}
+			}}
+			l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "", ""), d, rec, nil)
+			addr := l.Addr().String()
+			c := dialUARaw(t, addr)
+			c.open(addr)
+			writes := len(srv.Writes())
+			c.request(writeBody(t, 21, sim.OPCUASetpoint, 1.0))
+			if action == policy.ActionReset {
+				c.expectClosed()
+			} else {
+				// No answer to the write; the next request is answered, in
+				// sequence.
+				id := c.request(readBody(t, 22, sim.OPCUASetpoint))
+				if got, svc := c.response(); got != id {
+					t.Fatalf("answer to %d (%T), want the read %d", got, svc, id)
+				}
+			}
+			if len(srv.Writes()) != writes {
+				t.Fatal("the server received the denied write")
+			}
+			evs := requestEvents(rec, "write")
+			if len(evs) != 1 || evs[0].Allowed || evs[0].DenyAction != action.String() || evs[0].StatusCode != 0 {
+				t.Fatalf("events %+v", evs)
+			}
+		})
 	}
 }
