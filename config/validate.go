@@ -45,7 +45,7 @@ func (c *Config) validate() []*Error {
 		}
 		if err := checkHostPort(l.Listen, true); err != nil {
 			bad(p+".listen", "%v", err)
-		} else {
+		} else if !strings.HasSuffix(l.Listen, ":0") { // port 0: each gets its own
 			if j, dup := listens[l.Listen]; dup {
 				bad(p+".listen", "%s is also the address of listeners[%d]", l.Listen, j)
 			}
