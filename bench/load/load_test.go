@@ -64,8 +64,10 @@ func TestClosedAndOpenLoop(t *testing.T) {
 	}
 	res := runAgainst(t, addr, Config{Conns: 4, Rate: 2000, WriteFrac: 0.2,
 		Duration: 500 * time.Millisecond, Window: 100 * time.Millisecond})
-	if res.Errors != 0 || res.Requests < 900 || res.Requests > 1100 {
-		t.Errorf("open loop at 2000/s for 0.5 s: %d requests, %d errors (%s)", res.Requests, res.Errors, res.FirstError)
+	// The schedule is exact (1,000 sends); how many answers land inside
+	// the measured period depends on how busy the machine is.
+	if res.Errors != 0 || res.Sent != 1000 || res.Requests == 0 || res.Requests > 1000 {
+		t.Errorf("open loop at 2000/s for 0.5 s: %d sent, %d answered in time, %d errors (%s)", res.Sent, res.Requests, res.Errors, res.FirstError)
 	}
 	if res.Service == nil || res.Latency.P50 < res.Service.P50 {
 		t.Errorf("latency from schedule %+v below service time %+v", res.Latency, res.Service)
