@@ -17,8 +17,9 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var (
-		path  string
-		drain time.Duration
+		path      string
+		drain     time.Duration
+		pprofAddr string
 	)
 	cmd := &cobra.Command{
 		Use:   "run --config FILE",
@@ -44,6 +45,15 @@ requests it has in flight (at most --drain), then exit.`,
 			a, err := startApp(ctx, cfg, appOptions{Log: log})
 			if err != nil {
 				return err
+			}
+			if pprofAddr != "" {
+				srv, err := startPprof(pprofAddr)
+				if err != nil {
+					a.close()
+					return err
+				}
+				defer srv.Close()
+				log.Warn("profiling endpoint on (--pprof): unauthenticated, for benchmarks only", zap.String("addr", pprofAddr))
 			}
 			a.serve()
 			log.Info("conduit running", zap.String("config", path), zap.String("version", version), zap.String("policy", a.engine.Revision()))
@@ -78,5 +88,6 @@ requests it has in flight (at most --drain), then exit.`,
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "conduit.yaml", "configuration file")
 	cmd.Flags().DurationVar(&drain, "drain", 30*time.Second, "how long SIGTERM waits for connections to finish")
+	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve the Go profiler (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (benchmarks; unauthenticated: loopback only)")
 	return cmd
 }
