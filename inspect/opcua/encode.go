@@ -207,6 +207,66 @@ func SetSequenceNumber(chunk []byte, seq uint32) error {
 	return errorf(CodeEncode, "%s has no sequence number", h.Type)
 }
 
+// SequenceNumber reads the sequence number of a MSG or CLO chunk, or of an
+// OPN chunk under SecurityPolicy None: the counterpart of SetSequenceNumber,
+// for the proxy's Renumberer, which needs each chunk's own number.
+func SequenceNumber(chunk []byte) (uint32, error) {
+	h, err := ParseHeader(chunk, MaxChunkSizeCeiling)
+	if err != nil {
+		return 0, err
+	}
+	if int(h.Size) != len(chunk) {
+		return 0, errorf(CodeInvalidEncoding, "chunk declares %d bytes, has %d", h.Size, len(chunk))
+	}
+	switch h.Type {
+	case MessageMsg, MessageClose:
+		return binary.LittleEndian.Uint32(chunk[symHeaderEnd:]), nil
+	case MessageOpen:
+		ah, off, err := ParseAsymmetricHeader(chunk)
+		if err != nil {
+			return 0, err
+		}
+		if string(ah.SecurityPolicyURI) != PolicyNone {
+			return 0, errorf(CodeOpaque, "OPN under %s", ah.SecurityPolicyURI)
+		}
+		if off+sequenceHeaderSize > len(chunk) {
+			return 0, errorf(CodeTruncated, "OPN sequence header")
+		}
+		return binary.LittleEndian.Uint32(chunk[off:]), nil
+	}
+	return 0, errorf(CodeEncode, "%s has no sequence number", h.Type)
+}
+
+// ResponseHeader is the start of every response body: the type id and the
+// ResponseHeader fields the proxy pairs and audits by (Part 4 §7.33).
+type ResponseHeader struct {
+	TypeID        uint32 // numeric ns=0 id of the binary encoding; 0 if not numeric
+	RequestHandle uint32
+	ServiceResult uint32 // StatusCode
+}
+
+// DecodeResponseHeader reads the type id, Timestamp, RequestHandle and
+// ServiceResult at the start of a response body (server→client MSG or OPN
+// under None). It reads nothing further: responses are validated by
+// Channel.Feed's framing and, where the proxy changes them, by
+// RewriteEndpointURLs.
+func DecodeResponseHeader(body []byte) (ResponseHeader, error) {
+	var h ResponseHeader
+	var r reader
+	r.init(body, nil)
+	n := r.nodeID(true)
+	r.u64() // Timestamp
+	h.RequestHandle = r.u32()
+	h.ServiceResult = r.u32()
+	if r.err != nil {
+		return ResponseHeader{}, r.err
+	}
+	if n.Namespace == 0 && n.Type == IDNumeric && !n.HasURI && !n.HasServer {
+		h.TypeID = n.Numeric
+	}
+	return h, nil
+}
+
 // SetSequenceNumber is the package function guarded by the channel's mode.
 func (c *Channel) SetSequenceNumber(chunk []byte, seq uint32) error {
 	if c.mode != SecurityModeNone {

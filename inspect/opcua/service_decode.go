@@ -28,6 +28,13 @@ type RequestInfo struct {
 	HeaderOK      bool     // RequestHeader decoded: RequestHandle and HasAuthToken are valid
 	RequestHandle uint32
 	HasAuthToken  bool // AuthenticationToken is not the null NodeId
+	// AuthToken is the encoded AuthenticationToken NodeId as it appears in
+	// the body (valid when HeaderOK): it names the session the request
+	// runs in. It points into the body: copy to retain.
+	AuthToken []byte
+	// TimeoutHint is the client's timeout for the request in milliseconds
+	// (0: none), from the RequestHeader.
+	TimeoutHint uint32
 }
 
 // Decoder turns complete request bodies into Operations. It owns scratch
@@ -90,8 +97,7 @@ func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Op
 		op.Name = "unknown_service"
 		// Every request starts with a RequestHeader; read it if possible
 		// so the proxy can answer with a ServiceFault.
-		info.RequestHandle, info.HasAuthToken = r.requestHeader()
-		info.HeaderOK = r.err == nil
+		info.fillHeader(r)
 		d.done()
 		return info, errorf(CodeUnknownService, "request type %s", tid)
 	}
@@ -100,8 +106,7 @@ func (d *Decoder) DecodeRequest(body []byte, sec ChannelSecurity, op *inspect.Op
 	op.Name = svc.OpName
 	d.ua.Service = svc.Name
 
-	info.RequestHandle, info.HasAuthToken = r.requestHeader()
-	info.HeaderOK = r.err == nil
+	info.fillHeader(r)
 	if svc.decode != nil {
 		svc.decode(d, r)
 	} else {
@@ -174,17 +179,40 @@ func (d *Decoder) FillOpaque(t MessageType, sec ChannelSecurity, op *inspect.Ope
 	op.OPCUA = &d.ua
 }
 
-// requestHeader reads a RequestHeader (Part 4 §7.32) and returns the
-// RequestHandle and whether an AuthenticationToken is present.
-func (r *reader) requestHeader() (handle uint32, hasAuth bool) {
+// requestHeaderFields are the RequestHeader fields the proxy uses.
+type requestHeaderFields struct {
+	handle      uint32
+	hasAuth     bool
+	auth        []byte // the encoded AuthenticationToken
+	timeoutHint uint32
+}
+
+// requestHeader reads a RequestHeader (Part 4 §7.32).
+func (r *reader) requestHeader() requestHeaderFields {
+	var h requestHeaderFields
+	start := r.pos
 	auth := r.nodeID(false)
+	if r.err == nil {
+		h.auth = r.b[start:r.pos]
+	}
 	r.u64() // Timestamp
-	handle = r.u32()
+	h.handle = r.u32()
 	r.u32()         // ReturnDiagnostics
 	r.stringBytes() // AuditEntryId
-	r.u32()         // TimeoutHint
+	h.timeoutHint = r.u32()
 	r.extensionObject(false)
-	return handle, r.err == nil && !auth.IsNull()
+	h.hasAuth = r.err == nil && !auth.IsNull()
+	return h
+}
+
+// fillHeader reads the RequestHeader into info.
+func (info *RequestInfo) fillHeader(r *reader) {
+	h := r.requestHeader()
+	info.HeaderOK = r.err == nil
+	if info.HeaderOK {
+		info.RequestHandle, info.HasAuthToken = h.handle, h.hasAuth
+		info.AuthToken, info.TimeoutHint = h.auth, h.timeoutHint
+	}
 }
 
 // minSize returns the smallest encoding of a gopcua structure type.
