@@ -59,4 +59,15 @@
 // flow, direction, stream offset and capture time. Each file is reassembled
 // on its own, so that the result does not depend on the order of unrelated
 // files.
+//
+// # Learning
+//
+// Learn reads captures the same way and writes, per client address and
+// listener, a grant in the reference policy's data format
+// (rules/README.md): Modbus units, read and write ranges with the observed
+// value extremes, diagnostic and other function codes; OPC UA read, browse
+// and subscribe flags, written nodes with numeric extremes, method calls,
+// address-space changes, HistoryUpdate nodes, session users and pinned
+// encrypted channels. Data.Encode is deterministic and MergeData idempotent,
+// so learning the same captures onto an existing file changes nothing.
 package replay
