@@ -349,3 +349,37 @@ func TestListenersFromConfig(t *testing.T) {
 		t.Errorf("opcua listener %+v", l)
 	}
 }
+
+// TestResponseBeforeItsRequest: a request captured before its response but
+// held back by reassembly behind a hole (a segment the capture lost) reaches
+// the decoder after the response, when the hole is given up; they are
+// still paired. The response to the lost request waits, then is reported
+// unsolicited.
+func TestResponseBeforeItsRequest(t *testing.T) {
+	path := writeCapture(t, func(w *synth.Writer) {
+		c := w.Conn(ap("10.0.0.1:40000"), ap("10.0.0.2:502"))
+		must(t, c.Handshake())
+		must(t, c.SendAt(synth.ToServer, 12, writeHR)) // readHR (0..11) is never captured
+		must(t, c.Send(synth.ToClient, readHRr))
+		must(t, c.Send(synth.ToClient, writeHRr))
+		c.Next[synth.ToServer] = 24
+		w.Now = w.Now.Add(capture.DefaultGapTimeout + time.Second) // reassembly gives up the hole
+		must(t, c.Send(synth.ToServer, readCoils))
+		must(t, c.Send(synth.ToClient, readCoilsExc))
+		w.Now = w.Now.Add(earlyWait + time.Second)
+		must(t, c.Send(synth.ToServer, readZero))
+		must(t, c.Close())
+	})
+	s := decode(t, nil, path)
+	if got := s.names(); !slices.Equal(got, []string{"write_single_register", "read_coils", "read_holding_registers"}) {
+		t.Fatalf("requests %v", got)
+	}
+	got := mapSlice(s.resps, func(r Response) uint64 { return r.RequestSeq })
+	want := []uint64{s.reqs[0].Seq, s.reqs[1].Seq, 0}
+	if !slices.Equal(got, want) {
+		t.Errorf("responses answer %v, want %v", got, want)
+	}
+	if s.resps[2].Function != 3 || !slices.Equal(s.lost, []uint64{s.reqs[2].Seq}) {
+		t.Errorf("unsolicited %+v, unanswered %v", s.resps[2], s.lost)
+	}
+}

@@ -17,15 +17,16 @@ import (
 // validates each response against the request it answers, paired by
 // transaction id as the proxy pairs them.
 type mbDecoder struct {
-	s    *stream
-	in   policy.Input
-	op   inspect.Operation
-	req  modbus.Request
-	resp modbus.Response
-	preq modbus.Request // a pending request, decoded again to validate its response
-	dirs [2]mbHalf
-	pend []mbPending // in flight, oldest first
-	last time.Time   // capture time of the latest data
+	s     *stream
+	in    policy.Input
+	op    inspect.Operation
+	req   modbus.Request
+	resp  modbus.Response
+	preq  modbus.Request // a pending request, decoded again to validate its response
+	dirs  [2]mbHalf
+	pend  []mbPending // in flight, oldest first
+	early []mbEarly   // responses waiting for a request, oldest first
+	last  time.Time   // capture time of the latest data
 }
 
 // mbHalf is one direction of a flow.
@@ -81,6 +82,9 @@ func (m *mbDecoder) gap(dir capture.Dir) {
 func (m *mbDecoder) data(dir capture.Dir, b []byte, off int64, ts time.Time) {
 	h := &m.dirs[dir]
 	m.last = ts
+	if len(m.early) > 0 {
+		m.expireEarly(ts)
+	}
 	if h.dead {
 		return
 	}
@@ -227,6 +231,7 @@ func (m *mbDecoder) request(adu []byte, off int64, ts time.Time) error {
 	p.sink.request(&rq)
 	if rq.ExpectsResponse {
 		m.addPending(rq.Seq, rq.Op, m.req.TransactionID, err != nil, adu)
+		m.pairEarly(ts)
 	}
 	return nil
 }
@@ -265,17 +270,92 @@ func (m *mbDecoder) dropPending() {
 }
 
 // response pairs one response ADU with its request by transaction id and
-// validates it against that request, as the proxy does; an unsolicited
-// response (nothing in flight with its id) is validated on its own.
+// validates it against that request, as the proxy does. A response with
+// nothing in flight waits (early) for a request captured before it: when
+// the request direction is held back behind a capture hole, reassembly
+// delivers the request after the response.
 func (m *mbDecoder) response(adu []byte, off int64, ts time.Time) error {
 	tid := uint16(adu[0])<<8 | uint16(adu[1])
-	idx := -1
+	if idx := m.findPending(tid); idx >= 0 {
+		return m.emitResponse(adu, off, ts, idx)
+	}
+	// Unpaired for now: framing is checked at once (a framing error is
+	// malformed whatever it answers), the rest when it is paired or given
+	// up.
+	if _, err := m.resp.Decode(adu, nil); err != nil && errors.Is(err, modbus.ErrFraming) {
+		return err
+	}
+	if len(m.early) >= maxEarlyResponses {
+		m.giveUpEarly(0)
+	}
+	m.early = append(m.early, mbEarly{tid: tid, off: off, ts: ts})
+	e := &m.early[len(m.early)-1]
+	e.n = copy(e.adu[:], adu)
+	return nil
+}
+
+// maxEarlyResponses bounds the unpaired responses waiting for their
+// request per flow; earlyWait is how long, in capture time, they wait:
+// longer than reassembly holds data behind a hole (capture.DefaultGapTimeout).
+const (
+	maxEarlyResponses = 64
+	earlyWait         = 2 * capture.DefaultGapTimeout
+)
+
+// mbEarly is a response that came before any request it could answer.
+type mbEarly struct {
+	tid uint16
+	off int64
+	ts  time.Time
+	n   int
+	adu [modbus.MaxADULen]byte
+}
+
+func (m *mbDecoder) findPending(tid uint16) int {
 	for i := range m.pend {
 		if m.pend[i].tid == tid {
-			idx = i
-			break
+			return i
 		}
 	}
+	return -1
+}
+
+// pairEarly pairs the request just added (the last pending) with a
+// response that came first but was captured after it.
+func (m *mbDecoder) pairEarly(reqTS time.Time) {
+	if len(m.early) == 0 || len(m.pend) == 0 {
+		return
+	}
+	idx := len(m.pend) - 1
+	for i := range m.early {
+		e := &m.early[i]
+		if e.tid == m.pend[idx].tid && !e.ts.Before(reqTS) {
+			m.emitResponse(e.adu[:e.n], e.off, e.ts, idx)
+			m.early = append(m.early[:i], m.early[i+1:]...)
+			return
+		}
+	}
+}
+
+// expireEarly gives up the responses that have waited longer than
+// earlyWait by now.
+func (m *mbDecoder) expireEarly(now time.Time) {
+	for len(m.early) > 0 && now.Sub(m.early[0].ts) > earlyWait {
+		m.giveUpEarly(0)
+	}
+}
+
+// giveUpEarly reports early response i as unsolicited.
+func (m *mbDecoder) giveUpEarly(i int) {
+	e := m.early[i]
+	m.early = append(m.early[:i], m.early[i+1:]...)
+	m.emitResponse(e.adu[:e.n], e.off, e.ts, -1)
+}
+
+// emitResponse validates a response against pending request idx (or on
+// its own when idx < 0 or the request was refused) and hands it to the
+// sink.
+func (m *mbDecoder) emitResponse(adu []byte, off int64, ts time.Time, idx int) error {
 	var req *modbus.Request
 	if idx >= 0 && !m.pend[idx].refused {
 		p := &m.pend[idx]
@@ -319,6 +399,9 @@ func (m *mbDecoder) end() {
 				Bytes: problemBytes(h.buf), Length: len(h.buf),
 			})
 		}
+	}
+	for len(m.early) > 0 {
+		m.giveUpEarly(0)
 	}
 	m.dropPending()
 }

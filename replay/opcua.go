@@ -32,6 +32,7 @@ type uaDecoder struct {
 	op inspect.Operation
 
 	pend     map[uint32]uaPending
+	early    []uaEarly // responses waiting for a request, oldest first
 	sessions map[string]*inspect.OPCUASession
 }
 
@@ -104,6 +105,9 @@ func (u *uaDecoder) data(dir capture.Dir, b []byte, off int64, ts time.Time) {
 		h.buf = h.buf[:0]
 	}
 	u.now = ts
+	if len(u.early) > 0 {
+		u.expireEarly(ts)
+	}
 	if len(h.buf) == 0 {
 		n, ok := u.chunks(dir, b, off, ts)
 		if ok && n < len(b) {
@@ -277,6 +281,9 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 		u.dropOldest()
 	}
 	u.pend[msg.RequestID] = pd
+	if len(u.early) > 0 {
+		u.pairEarly(msg.RequestID, ts)
+	}
 	return nil
 }
 
@@ -305,33 +312,87 @@ func (u *uaDecoder) attachSession(info *opcua.RequestInfo) {
 }
 
 func (u *uaDecoder) response(msg *opcua.Message, off int64, ts time.Time) {
-	rs := Response{Flow: u.s.f, Time: ts, Offset: off, Protocol: inspect.ProtocolOPCUA, Message: msg.Type.String()}
-	u.s.f.Responses++
 	if msg.Opaque {
-		rs.Opaque = true
-		u.s.p.sink.response(&rs)
+		u.s.f.Responses++
+		u.s.p.sink.response(&Response{Flow: u.s.f, Time: ts, Offset: off, Protocol: inspect.ProtocolOPCUA,
+			Message: msg.Type.String(), Opaque: true})
 		return
 	}
-	rh, err := opcua.DecodeResponseHeader(msg.Body)
-	p, paired := u.pend[msg.RequestID]
-	if paired {
+	e := uaEarly{requestID: msg.RequestID, message: msg.Type.String(), off: off, ts: ts}
+	e.rh, e.err = opcua.DecodeResponseHeader(msg.Body)
+	if p, ok := u.pend[msg.RequestID]; ok {
 		delete(u.pend, msg.RequestID)
+		u.emitResponse(&e, &p)
+		return
+	}
+	// Nothing in flight with its request id: wait for a request captured
+	// before it, as for Modbus (the request may be held behind a hole).
+	if len(u.early) >= maxEarlyResponses {
+		u.giveUpEarly()
+	}
+	u.early = append(u.early, e)
+}
+
+// uaEarly is a response with what replay needs of it once paired.
+type uaEarly struct {
+	requestID uint32
+	message   string
+	off       int64
+	ts        time.Time
+	rh        opcua.ResponseHeader
+	err       error
+}
+
+// pairEarly pairs the request just added with a response that came first
+// but was captured after it.
+func (u *uaDecoder) pairEarly(reqID uint32, reqTS time.Time) {
+	for i := range u.early {
+		e := u.early[i]
+		if e.requestID == reqID && !e.ts.Before(reqTS) {
+			p := u.pend[reqID]
+			delete(u.pend, reqID)
+			u.early = append(u.early[:i], u.early[i+1:]...)
+			u.emitResponse(&e, &p)
+			return
+		}
+	}
+}
+
+func (u *uaDecoder) expireEarly(now time.Time) {
+	for len(u.early) > 0 && now.Sub(u.early[0].ts) > earlyWait {
+		u.giveUpEarly()
+	}
+}
+
+// giveUpEarly reports the oldest early response as unsolicited.
+func (u *uaDecoder) giveUpEarly() {
+	e := u.early[0]
+	u.early = u.early[1:]
+	u.emitResponse(&e, nil)
+}
+
+// emitResponse pairs e with p (nil: unsolicited), checks that the response
+// type answers the request, tracks sessions and hands it to the sink.
+func (u *uaDecoder) emitResponse(e *uaEarly, p *uaPending) {
+	rs := Response{Flow: u.s.f, Time: e.ts, Offset: e.off, Protocol: inspect.ProtocolOPCUA, Message: e.message}
+	if p != nil {
 		rs.RequestSeq, rs.Req, rs.Service = p.seq, p.kind, p.service
 	}
 	switch {
-	case err != nil:
-		rs.Err, rs.Reason = err, string(opcua.CodeOf(err))
+	case e.err != nil:
+		rs.Err, rs.Reason = e.err, string(opcua.CodeOf(e.err))
 	default:
-		rs.TypeID, rs.Status = rh.TypeID, rh.ServiceResult
-		rs.Fault = rh.TypeID == serviceFaultID
-		if paired && !rs.Fault && p.typeID != 0 && rh.TypeID != p.typeID+responseIDOffset {
-			rs.Err = fmt.Errorf("response type %d does not answer request type %d", rh.TypeID, p.typeID)
+		rs.TypeID, rs.Status = e.rh.TypeID, e.rh.ServiceResult
+		rs.Fault = e.rh.TypeID == serviceFaultID
+		if p != nil && !rs.Fault && p.typeID != 0 && e.rh.TypeID != p.typeID+responseIDOffset {
+			rs.Err = fmt.Errorf("response type %d does not answer request type %d", e.rh.TypeID, p.typeID)
 			rs.Reason = "response_mismatch"
 		}
-		if paired && rs.Err == nil {
-			u.session(p, rh)
+		if p != nil && rs.Err == nil {
+			u.session(*p, e.rh)
 		}
 	}
+	u.s.f.Responses++
 	u.s.p.sink.response(&rs)
 }
 
@@ -427,6 +488,9 @@ func (u *uaDecoder) end() {
 				Bytes: problemBytes(h.buf), Length: len(h.buf),
 			})
 		}
+	}
+	for len(u.early) > 0 {
+		u.giveUpEarly()
 	}
 	u.dropPending()
 }

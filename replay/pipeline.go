@@ -94,11 +94,11 @@ type Request struct {
 // with the sub-function of FC 8 and the MEI type of FC 43, or an OPC UA
 // service.
 type OpKind struct {
-	Protocol string
-	Code     uint32 // Modbus function code; OPC UA request type id (0: opaque or not numeric)
-	Sub      uint16
-	HasSub   bool
-	Name     string // Modbus: the operation name; OPC UA: the service name (or "opaque", "unknown_service")
+	Protocol string `json:"protocol"`
+	Code     uint32 `json:"code"` // Modbus function code; OPC UA request type id (0: opaque or not numeric)
+	Sub      uint16 `json:"subfunction,omitempty"`
+	HasSub   bool   `json:"-"`
+	Name     string `json:"name"` // Modbus: the operation name; OPC UA: the service name (or "opaque", "unknown_service")
 }
 
 // opKind returns the kind of op.
@@ -323,9 +323,10 @@ type stream struct {
 	dec flowDecoder
 	off [2]int64 // stream offset of the next Data, per direction
 
-	// Before the protocol is known (sniffing), the first client bytes
+	// Before the protocol is known (sniffing), the first client segments
 	// and any server bytes that came before them.
-	sniff   []byte
+	sniff   []earlyData
+	sniffN  int
 	early   []earlyData
 	earlyN  int
 	started bool // the first client bytes were seen
@@ -339,8 +340,9 @@ type stream struct {
 }
 
 type earlyData struct {
-	b  []byte
-	ts time.Time
+	b   []byte
+	ts  time.Time
+	off int64
 }
 
 // flowDecoder decodes one protocol on one flow.
@@ -382,26 +384,28 @@ func (s *stream) Data(dir capture.Dir, b []byte, ts time.Time) {
 			s.f.Kind, s.early = KindOther, nil
 			return
 		}
-		s.early = append(s.early, earlyData{append([]byte(nil), b...), ts})
+		s.early = append(s.early, earlyData{append([]byte(nil), b...), ts, off})
 		s.earlyN += len(b)
 		return
 	}
 	// The first client bytes decide. Up to sniffLen of them are gathered
-	// (a client may send a header in pieces); then the decoder gets them
-	// with their stream offset.
-	start := off - int64(len(s.sniff))
-	s.sniff = append(s.sniff, b...)
-	if len(s.sniff) < sniffLen {
+	// (a client may send a header in pieces); then the decoder gets them,
+	// segment by segment (it resynchronises at segment starts).
+	s.sniff = append(s.sniff, earlyData{append([]byte(nil), b...), ts, off})
+	s.sniffN += len(b)
+	if s.sniffN < sniffLen {
 		return
 	}
-	first := s.sniff
-	s.sniff = nil
-	s.start(first, start, ts)
+	s.start()
 }
 
-// start picks the decoder from the first client bytes.
-func (s *stream) start(first []byte, off int64, ts time.Time) {
+// start picks the decoder from the first client bytes (s.sniff).
+func (s *stream) start() {
 	s.started = true
+	var first []byte
+	for _, d := range s.sniff {
+		first = append(first, d.b...)
+	}
 	switch {
 	case s.tlsOK && looksTLS(first):
 		s.f.Kind = KindTLS
@@ -430,13 +434,14 @@ func (s *stream) start(first []byte, off int64, ts time.Time) {
 			s.dec.gap(capture.Dir(dir))
 		}
 	}
-	var eoff int64
 	for _, e := range s.early {
-		s.dec.data(capture.ServerToClient, e.b, eoff, e.ts)
-		eoff += int64(len(e.b))
+		s.dec.data(capture.ServerToClient, e.b, e.off, e.ts)
 	}
 	s.early = nil
-	s.dec.data(capture.ClientToServer, first, off, ts)
+	for _, d := range s.sniff {
+		s.dec.data(capture.ClientToServer, d.b, d.off, d.ts)
+	}
+	s.sniff = nil
 }
 
 func (s *stream) Gap(dir capture.Dir, n int) {
@@ -453,7 +458,7 @@ func (s *stream) Gap(dir capture.Dir, n int) {
 	s.gapped[dir] = true
 	if dir == capture.ClientToServer && len(s.sniff) > 0 {
 		// Bytes before a hole cannot be sniffed together with those after.
-		s.sniff = s.sniff[:0]
+		s.sniff, s.sniffN = nil, 0
 	}
 }
 
@@ -461,9 +466,7 @@ func (s *stream) End(reason capture.EndReason) {
 	s.f.End = reason
 	if s.dec == nil && len(s.sniff) > 0 {
 		// A flow whose client sent fewer than sniffLen bytes in all.
-		first := s.sniff
-		s.sniff = nil
-		s.start(first, s.off[capture.ClientToServer]-int64(len(first)), time.Time{})
+		s.start()
 	}
 	if s.dec != nil {
 		s.dec.end()
