@@ -464,6 +464,9 @@ func (o *observation) grant(k int, out *Learned) *Grant {
 			}
 			m.Functions = append(m.Functions, fn)
 		}
+		if len(m.Read)+len(m.Write)+len(m.Functions) == 0 {
+			return nil // units alone allow nothing
+		}
 		return &Grant{Modbus: m}
 	}
 	u := &OPCUAGrant{}

@@ -212,3 +212,82 @@ func StatusName(code uint32) string {
 	}
 	return fmt.Sprintf("%s (0x%08X)", name, code)
 }
+
+// Summary is the last line of `conduit replay --format json`: the report's
+// totals and tables.
+type Summary struct {
+	Type     string   `json:"type"` // "summary"
+	Files    []string `json:"files"`
+	Policy   string   `json:"policy"`
+	Revision string   `json:"revision,omitempty"`
+	Config   string   `json:"config,omitempty"`
+
+	Flows              FlowCounts       `json:"flows"`
+	Operations         int              `json:"operations"`
+	Allowed            int              `json:"allowed"`
+	Denied             int              `json:"denied"`
+	ProtocolViolations int              `json:"protocol_violations"`
+	DecisionErrors     int              `json:"decision_errors"`
+	Listeners          []ListenerStats  `json:"listeners"`
+	PerOperation       []OperationStats `json:"per_operation"`
+	Denials            []DenialStats    `json:"denials"`
+	Responses          ResponseStats    `json:"responses"`
+	// Faults counts OPC UA ServiceFaults and ERR by status name.
+	Faults       map[string]int `json:"faults,omitempty"`
+	Malformed    int            `json:"malformed"`
+	Skipped      int            `json:"skipped"`
+	SkippedBytes int64          `json:"skipped_bytes"`
+	Capture      CaptureSummary `json:"capture"`
+	ExitStatus   int            `json:"exit_status"`
+}
+
+// CaptureSummary is what the reader met in the files.
+type CaptureSummary struct {
+	Packets            uint64   `json:"packets"`
+	Bytes              uint64   `json:"bytes"`
+	TCPSegments        uint64   `json:"tcp_segments"`
+	NonTCP             uint64   `json:"non_tcp"`
+	Gaps               uint64   `json:"gaps"`
+	GapBytes           uint64   `json:"gap_bytes"`
+	OutOfOrder         uint64   `json:"out_of_order"`
+	RetransmittedBytes uint64   `json:"retransmitted_bytes"`
+	TruncatedPackets   uint64   `json:"truncated_packets"`
+	Warnings           []string `json:"warnings,omitempty"`
+}
+
+// Summary returns the report as the JSON summary record; exit is the exit
+// status the command ends with.
+func (r *Report) Summary(exit int) *Summary {
+	s := &Summary{
+		Type: "summary", Files: r.Files, Policy: r.Policy, Revision: r.Revision, Config: r.ConfigFile,
+		Flows: r.Flows, Operations: r.Operations, Allowed: r.Allowed, Denied: r.Denied,
+		ProtocolViolations: r.ProtocolViolations, DecisionErrors: r.DecisionErrors,
+		Listeners: r.Listeners, PerOperation: r.PerOperation, Denials: r.Denials, Responses: r.Responses,
+		Malformed: r.Malformed, Skipped: r.Skipped, SkippedBytes: r.SkippedBytes, ExitStatus: exit,
+	}
+	for code, n := range r.Responses.FaultCodes {
+		if s.Faults == nil {
+			s.Faults = map[string]int{}
+		}
+		s.Faults[StatusName(code)] += n
+	}
+	c := &r.Capture
+	s.Capture = CaptureSummary{
+		Packets: c.Packets, Bytes: c.Bytes, TCPSegments: c.TCPPackets, NonTCP: c.NonTCP,
+		Gaps: c.Gaps, GapBytes: c.GapBytes, OutOfOrder: c.OutOfOrder,
+		RetransmittedBytes: c.RetransmittedBytes, TruncatedPackets: c.TruncatedPackets,
+	}
+	for _, w := range c.Warnings {
+		s.Capture.Warnings = append(s.Capture.Warnings, w.String())
+	}
+	if s.Listeners == nil {
+		s.Listeners = []ListenerStats{}
+	}
+	if s.PerOperation == nil {
+		s.PerOperation = []OperationStats{}
+	}
+	if s.Denials == nil {
+		s.Denials = []DenialStats{}
+	}
+	return s
+}

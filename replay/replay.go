@@ -323,29 +323,42 @@ func newReport(files []string, ls *listenerSet) *Report {
 
 // FlowCounts counts flows by what replay made of them.
 type FlowCounts struct {
-	Total, Modbus, OPCUA, TLS, Other, Empty int
+	Total  int `json:"total"`
+	Modbus int `json:"modbus"`
+	OPCUA  int `json:"opcua"`
+	TLS    int `json:"tls"`
+	Other  int `json:"other"`
+	Empty  int `json:"empty"`
 	// NotProtocol counts Modbus or OPC UA flows (by configuration or port)
 	// whose first client bytes are another protocol; MidStream flows whose
 	// handshake was not captured.
-	NotProtocol, MidStream int
+	NotProtocol int `json:"not_protocol"`
+	MidStream   int `json:"mid_stream"`
 }
 
 // ListenerStats summarises one listener (configured or synthetic).
 type ListenerStats struct {
-	Name, Protocol, Upstream    string
-	Synthetic                   bool
-	Flows                       int
-	Operations, Allowed, Denied int
+	Name       string `json:"name"`
+	Protocol   string `json:"protocol"`
+	Upstream   string `json:"upstream"`
+	Synthetic  bool   `json:"synthetic"`
+	Flows      int    `json:"flows"`
+	Operations int    `json:"operations"`
+	Allowed    int    `json:"allowed"`
+	Denied     int    `json:"denied"`
 }
 
 // OperationStats counts one kind of operation.
 type OperationStats struct {
 	OpKind
-	Total, Allowed, Denied int
+	Total   int `json:"total"`
+	Allowed int `json:"allowed"`
+	Denied  int `json:"denied"`
 	// Exceptions counts Modbus exception responses and OPC UA
 	// ServiceFaults to operations of this kind; InvalidResponses the
 	// responses that failed validation against them.
-	Exceptions, InvalidResponses int
+	Exceptions       int `json:"exceptions"`
+	InvalidResponses int `json:"invalid_responses"`
 }
 
 func (a *OperationStats) less(b *OperationStats) bool {
@@ -366,28 +379,31 @@ func (a *OperationStats) less(b *OperationStats) bool {
 
 // DenialStats counts the denials with one rule and reason.
 type DenialStats struct {
-	Rule, Reason       string
-	Protocol, Listener string // of the first denial
-	Count              int
-	FirstFile          string
-	FirstFlow          uint64
-	FirstTime          time.Time
+	Rule     string `json:"rule"`
+	Reason   string `json:"reason"`
+	Count    int    `json:"count"`
+	Protocol string `json:"protocol"` // of the first denial
+	Listener string `json:"listener"`
+	// Where the first denial is.
+	FirstFile string    `json:"first_file"`
+	FirstFlow uint64    `json:"first_flow"`
+	FirstTime time.Time `json:"first_time"`
 }
 
 // ResponseStats summarises the responses.
 type ResponseStats struct {
-	Total       int
-	Paired      int // answer a request in flight (by transaction / request id)
-	Unsolicited int // answer nothing in flight
-	Opaque      int // encrypted (SignAndEncrypt): cannot be paired
-	Unanswered  int // requests that expected a response and got none
-	Invalid     int // failed validation against their request (or on their own)
-	Exceptions  int // Modbus exception responses
-	Faults      int // OPC UA ServiceFaults and ERR messages
+	Total       int `json:"total"`
+	Paired      int `json:"paired"`      // answer a request in flight (by transaction / request id)
+	Unsolicited int `json:"unsolicited"` // answer nothing in flight
+	Opaque      int `json:"opaque"`      // encrypted (SignAndEncrypt): cannot be paired
+	Unanswered  int `json:"unanswered"`  // requests that expected a response and got none
+	Invalid     int `json:"invalid"`     // failed validation against their request (or on their own)
+	Exceptions  int `json:"exceptions"`  // Modbus exception responses
+	Faults      int `json:"faults"`      // OPC UA ServiceFaults and ERR messages
 	// ExceptionCodes counts exception responses by code; FaultCodes
 	// ServiceFaults (and ERR) by status code.
-	ExceptionCodes map[uint8]int
-	FaultCodes     map[uint32]int
+	ExceptionCodes map[uint8]int  `json:"exception_codes,omitempty"`
+	FaultCodes     map[uint32]int `json:"-"`
 }
 
 // ProblemInvalidResponse is a Problem for a response that failed
