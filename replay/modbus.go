@@ -17,12 +17,16 @@ import (
 // validates each response against the request it answers, paired by
 // transaction id as the proxy pairs them.
 type mbDecoder struct {
-	s     *stream
-	in    policy.Input
-	op    inspect.Operation
-	req   modbus.Request
-	resp  modbus.Response
-	preq  modbus.Request // a pending request, decoded again to validate its response
+	s    *stream
+	in   policy.Input
+	op   inspect.Operation
+	req  modbus.Request
+	resp modbus.Response
+	preq modbus.Request // a pending request, decoded again to validate its response
+	// rq and rs are handed to the sink, valid during the call: reused so
+	// that nothing is allocated per operation.
+	rq    Request
+	rs    Response
 	dirs  [2]mbHalf
 	pend  []mbPending // in flight, oldest first
 	early []mbEarly   // responses waiting for a request, oldest first
@@ -210,7 +214,8 @@ func (m *mbDecoder) request(adu []byte, off int64, ts time.Time) error {
 	}
 	m.req.Operation(&m.op)
 	p := m.s.p
-	rq := Request{
+	rq := &m.rq
+	*rq = Request{
 		Seq:    p.nextSeq(),
 		Flow:   m.s.f,
 		Time:   ts,
@@ -218,6 +223,7 @@ func (m *mbDecoder) request(adu []byte, off int64, ts time.Time) error {
 		Input:  &m.in,
 		Key:    uint32(m.req.TransactionID),
 		Op:     opKind(&m.op),
+		Frame:  adu,
 
 		ExpectsResponse: m.req.ExpectsResponse(),
 	}
@@ -228,7 +234,7 @@ func (m *mbDecoder) request(adu []byte, off int64, ts time.Time) error {
 		rq.Rule = "protocol." + modbus.ReasonOf(err)
 	}
 	m.s.f.Requests++
-	p.sink.request(&rq)
+	p.sink.request(rq)
 	if rq.ExpectsResponse {
 		m.addPending(rq.Seq, rq.Op, m.req.TransactionID, err != nil, adu)
 		m.pairEarly(ts)
@@ -367,7 +373,8 @@ func (m *mbDecoder) emitResponse(adu []byte, off int64, ts time.Time, idx int) e
 	if err != nil && errors.Is(err, modbus.ErrFraming) {
 		return err
 	}
-	rs := Response{
+	rs := &m.rs
+	*rs = Response{
 		Flow:      m.s.f,
 		Time:      ts,
 		Offset:    off,
@@ -383,7 +390,7 @@ func (m *mbDecoder) emitResponse(adu []byte, off int64, ts time.Time, idx int) e
 		m.removePending(idx)
 	}
 	m.s.f.Responses++
-	m.s.p.sink.response(&rs)
+	m.s.p.sink.response(rs)
 	return nil
 }
 

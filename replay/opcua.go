@@ -30,6 +30,7 @@ type uaDecoder struct {
 
 	in policy.Input
 	op inspect.Operation
+	rq Request // handed to the sink, reused
 
 	pend     map[uint32]uaPending
 	early    []uaEarly // responses waiting for a request, oldest first
@@ -242,7 +243,8 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 		u.attachSession(&info)
 	}
 	p := u.s.p
-	rq := Request{
+	rq := &u.rq
+	*rq = Request{
 		Seq:    p.nextSeq(),
 		Flow:   u.s.f,
 		Time:   ts,
@@ -258,7 +260,7 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 		rq.Rule = "protocol." + string(opcua.CodeOf(derr))
 	}
 	u.s.f.Requests++
-	p.sink.request(&rq)
+	p.sink.request(rq)
 	if !rq.ExpectsResponse {
 		return nil // nothing to pair by (opaque), no response (CLO)
 	}

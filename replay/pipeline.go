@@ -56,6 +56,8 @@ type Flow struct {
 
 	Requests  int // requests decoded (operations, refused ones included)
 	Responses int
+
+	stats *ListenerStats // Replay's statistics of its listener
 }
 
 // String renders the flow for a report: "#3 10.0.0.5:50123 -> 10.0.0.9:502".
@@ -88,6 +90,10 @@ type Request struct {
 	// ExpectsResponse: a response can be paired with it (not a Modbus
 	// FC 8/04, an OPC UA CLO or an opaque message).
 	ExpectsResponse bool
+	// Frame is the Modbus request ADU (nil for OPC UA), valid during the
+	// call. Everything in Input but the flow's fields is a function of
+	// its bytes after the transaction id, so it can key a cache.
+	Frame []byte
 }
 
 // OpKind names a kind of operation for the report: a Modbus function code,

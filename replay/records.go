@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gopcua/opcua/ua"
 
@@ -71,7 +73,39 @@ type RecordProblem struct {
 // recordQueue holds a flow's operation records until their responses are
 // known, so that they come out in request order, each complete.
 type recordQueue struct {
-	recs []*pendingRecord
+	recs           []*pendingRecord
+	client, server string // the flow's addresses, formatted once
+	// docs caches the input documents of the flow's Modbus requests by
+	// their ADU after the transaction id: polling repeats a few requests,
+	// and policy.DocumentJSON is the costly part of a record.
+	docs map[string]json.RawMessage
+}
+
+// maxDocs bounds a flow's document cache; a full cache is emptied.
+const maxDocs = 256
+
+// document returns the policy input document of rq as JSON: from the
+// flow's cache for a Modbus request seen before, else policy.DocumentJSON,
+// the one definition of the document.
+func (q *recordQueue) document(rq *Request) json.RawMessage {
+	var key []byte
+	if len(rq.Frame) > 2 {
+		key = rq.Frame[2:]
+		if doc, ok := q.docs[string(key)]; ok {
+			return doc
+		}
+	}
+	doc, err := policy.DocumentJSON(rq.Input)
+	if err != nil {
+		doc, _ = json.Marshal(map[string]string{"error": err.Error()})
+	}
+	if key != nil {
+		if q.docs == nil || len(q.docs) >= maxDocs {
+			q.docs = make(map[string]json.RawMessage)
+		}
+		q.docs[string(key)] = doc
+	}
+	return doc
 }
 
 type pendingRecord struct {
@@ -85,15 +119,16 @@ type pendingRecord struct {
 const maxQueued = 2 * maxPending
 
 func (r *replayer) record(rq *Request, d *policy.Decision) {
-	doc, err := policy.DocumentJSON(rq.Input)
-	if err != nil {
-		doc, _ = json.Marshal(map[string]string{"error": err.Error()})
+	q := r.queues[rq.Flow]
+	if q == nil {
+		q = &recordQueue{client: rq.Flow.Client.String(), server: rq.Flow.Server.String()}
+		r.queues[rq.Flow] = q
 	}
 	pr := &pendingRecord{seq: rq.Seq, done: !rq.ExpectsResponse}
 	pr.rec = Record{
 		Type: "operation", Seq: rq.Seq, Time: rq.Time, File: rq.Flow.File, Flow: rq.Flow.ID,
-		Client: rq.Flow.Client.String(), Server: rq.Flow.Server.String(), Offset: rq.Offset,
-		Input: doc,
+		Client: q.client, Server: q.server, Offset: rq.Offset,
+		Input: q.document(rq),
 		Decision: &RecordDecision{
 			Allow: d.Allow, Reason: d.Reason, Rule: d.Rule, ID: d.ID, Revision: d.Revision,
 			ExceptionCode: d.Exception, Policy: rq.Refused == nil, Error: policy.Code(d.Err),
@@ -101,11 +136,6 @@ func (r *replayer) record(rq *Request, d *policy.Decision) {
 	}
 	if d.Action != policy.ActionDefault {
 		pr.rec.Decision.Action = d.Action.String()
-	}
-	q := r.queues[rq.Flow]
-	if q == nil {
-		q = &recordQueue{}
-		r.queues[rq.Flow] = q
 	}
 	q.recs = append(q.recs, pr)
 	if len(q.recs) > maxQueued {
@@ -290,4 +320,122 @@ func (r *Report) Summary(exit int) *Summary {
 		s.Denials = []DenialStats{}
 	}
 	return s
+}
+
+// AppendJSON appends r as one line of JSON (with the newline): the same
+// document encoding/json makes of r, written directly. encoding/json
+// re-validates and compacts the embedded input document of every record,
+// which is most of the cost of --format json.
+func (r *Record) AppendJSON(b []byte) []byte {
+	b = append(b, `{"type":`...)
+	b = appendString(b, r.Type)
+	if r.Seq != 0 {
+		b = strconv.AppendUint(append(b, `,"seq":`...), r.Seq, 10)
+	}
+	b = append(b, `,"time":"`...)
+	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	b = appendString(append(b, `","file":`...), r.File)
+	b = strconv.AppendUint(append(b, `,"flow":`...), r.Flow, 10)
+	b = appendString(append(b, `,"client":`...), r.Client)
+	b = appendString(append(b, `,"server":`...), r.Server)
+	if r.Direction != "" {
+		b = appendString(append(b, `,"direction":`...), r.Direction)
+	}
+	b = strconv.AppendInt(append(b, `,"offset":`...), r.Offset, 10)
+	if len(r.Input) > 0 {
+		b = append(append(b, `,"input":`...), r.Input...)
+	}
+	if d := r.Decision; d != nil {
+		b = strconv.AppendBool(append(b, `,"decision":{"allow":`...), d.Allow)
+		b = appendString(append(b, `,"reason":`...), d.Reason)
+		b = appendOptString(b, "rule", d.Rule)
+		b = appendOptString(b, "id", d.ID)
+		b = appendOptString(b, "revision", d.Revision)
+		b = appendOptString(b, "action", d.Action)
+		if d.ExceptionCode != 0 {
+			b = strconv.AppendUint(append(b, `,"exception_code":`...), uint64(d.ExceptionCode), 10)
+		}
+		b = strconv.AppendBool(append(b, `,"policy":`...), d.Policy)
+		b = append(appendOptString(b, "error", d.Error), '}')
+	}
+	if s := r.Response; s != nil {
+		b = appendString(append(b, `,"response":{"status":`...), s.Status)
+		if !s.Time.IsZero() {
+			b = append(s.Time.AppendFormat(append(b, `,"time":"`...), time.RFC3339Nano), '"')
+		}
+		if s.ExceptionCode != 0 {
+			b = strconv.AppendUint(append(b, `,"exception_code":`...), uint64(s.ExceptionCode), 10)
+		}
+		b = appendOptString(b, "status_code", s.StatusCode)
+		b = appendOptString(b, "reason", s.Reason)
+		b = append(appendOptString(b, "error", s.Error), '}')
+	}
+	if p := r.Problem; p != nil {
+		b = appendString(append(b, `,"problem":{"kind":`...), p.Kind)
+		b = appendString(append(b, `,"reason":`...), p.Reason)
+		b = appendString(append(b, `,"detail":`...), p.Detail)
+		if p.Length != 0 {
+			b = strconv.AppendInt(append(b, `,"length":`...), int64(p.Length), 10)
+		}
+		b = append(appendOptString(b, "bytes", p.Bytes), '}')
+	}
+	return append(b, '}', '\n')
+}
+
+func appendOptString(b []byte, key, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = append(append(append(b, `,"`...), key...), `":`...)
+	return appendString(b, s)
+}
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// (with SetEscapeHTML(false)): quotes, backslashes and control characters;
+// invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(append(b, s[start:i]...), `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(append(b, s[start:i]...), `\u202`...)
+			b = append(b, hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	return append(append(b, s[start:]...), '"')
 }

@@ -47,7 +47,7 @@ func Replay(ctx context.Context, files []string, opts Options) (*Report, error) 
 		opts:      opts,
 		report:    newReport(files, ls),
 		listeners: map[string]*ListenerStats{},
-		ops:       map[OpKind]*OperationStats{},
+		ops:       map[opKey]*OperationStats{},
 		denials:   map[[2]string]*DenialStats{},
 	}
 	if opts.Records != nil {
@@ -66,7 +66,7 @@ type replayer struct {
 	report *Report
 
 	listeners map[string]*ListenerStats
-	ops       map[OpKind]*OperationStats
+	ops       map[opKey]*OperationStats
 	denials   map[[2]string]*DenialStats
 	queues    map[*Flow]*recordQueue // with opts.Records
 }
@@ -86,10 +86,10 @@ func (r *replayer) request(rq *Request) {
 	rep.Operations++
 	ls := r.listener(rq.Flow)
 	ls.Operations++
-	os := r.ops[rq.Op]
+	os := r.ops[keyOf(rq.Op)]
 	if os == nil {
 		os = &OperationStats{OpKind: rq.Op}
-		r.ops[rq.Op] = os
+		r.ops[keyOf(rq.Op)] = os
 	}
 	os.Total++
 	if d.Allow {
@@ -135,12 +135,33 @@ func (r *replayer) denial(rq *Request, d *policy.Decision) {
 }
 
 func (r *replayer) listener(f *Flow) *ListenerStats {
+	if f.stats != nil {
+		return f.stats
+	}
 	ls := r.listeners[f.Listener]
 	if ls == nil {
 		ls = &ListenerStats{Name: f.Listener, Protocol: f.Kind, Synthetic: f.Synthetic, Upstream: f.Upstream}
 		r.listeners[f.Listener] = ls
 	}
+	f.stats = ls
 	return ls
+}
+
+// opKey keys the per-operation statistics without hashing a name where
+// the code says it all (Modbus).
+type opKey struct {
+	modbus bool
+	hasSub bool
+	sub    uint16
+	code   uint32
+	name   string // OPC UA only
+}
+
+func keyOf(k OpKind) opKey {
+	if k.Protocol == KindModbus {
+		return opKey{modbus: true, hasSub: k.HasSub, sub: k.Sub, code: k.Code}
+	}
+	return opKey{code: k.Code, name: k.Name}
 }
 
 func (r *replayer) response(rs *Response) {
@@ -156,7 +177,7 @@ func (r *replayer) response(rs *Response) {
 	}
 	var os *OperationStats
 	if rs.RequestSeq != 0 {
-		os = r.ops[rs.Req]
+		os = r.ops[keyOf(rs.Req)]
 	}
 	switch {
 	case rs.Err != nil:

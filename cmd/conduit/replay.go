@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -66,14 +67,17 @@ CI can gate on it:
 			defer e.Close()
 			opts.Decider = e
 
-			out := cmd.OutOrStdout()
+			out := bufio.NewWriterSize(cmd.OutOrStdout(), 64<<10)
 			var enc *json.Encoder
 			var werr error
 			if format == "json" {
 				enc = json.NewEncoder(out)
+				enc.SetEscapeHTML(false)
+				var line []byte
 				opts.Records = func(r *replay.Record) {
 					if werr == nil {
-						werr = enc.Encode(r)
+						line = r.AppendJSON(line[:0])
+						_, werr = out.Write(line)
 					}
 				}
 			}
@@ -104,6 +108,9 @@ CI can gate on it:
 			} else {
 				werr = rep.WriteText(out)
 			}
+			if err := out.Flush(); werr == nil {
+				werr = err
+			}
 			switch {
 			case rerr != nil:
 				return &exitCodeError{exitError, rerr}
@@ -133,7 +140,10 @@ func replayEngine(cmd *cobra.Command, path string, cfg *config.Config) (*policy.
 			desc += fmt.Sprintf("; the configuration's policy.path %s is not used", cfg.Policy.Path)
 		}
 	}
-	opts := policy.Options{Source: src}
+	// A replay sees every shape of a week's traffic, and each connection's
+	// client port makes its own cache key: room for more than the proxy's
+	// default.
+	opts := policy.Options{Source: src, CacheSize: replayCacheSize}
 	if cfg != nil {
 		opts.DecisionTimeout = cfg.Policy.DecisionTimeout.D()
 	}
@@ -143,6 +153,9 @@ func replayEngine(cmd *cobra.Command, path string, cfg *config.Config) (*policy.
 	}
 	return e, desc, nil
 }
+
+// replayCacheSize is the decision cache of replay and learn's engine.
+const replayCacheSize = 1 << 16
 
 // progressBar returns a progress bar for w when w is a terminal, else nil.
 func progressBar(w io.Writer) *replay.ProgressBar {
