@@ -133,7 +133,9 @@ func TestReplayAfterLearnAllowsEverythingLearned(t *testing.T) {
 }
 
 // TestLearnedMergesWithReferenceData: learned.json next to the reference
-// data.json loads (grant ids do not collide) and still allows everything.
+// data.json loads (grant ids do not collide), the reference policy's own
+// Rego tests still pass (policy.run_tests would accept it), and it still
+// allows everything.
 func TestLearnedMergesWithReferenceData(t *testing.T) {
 	files := []string{filepath.Join(pcapDir, "local_pymodbus_allfc.pcapng"), learnCapture(t)}
 	ctx := context.Background()
@@ -143,12 +145,36 @@ func TestLearnedMergesWithReferenceData(t *testing.T) {
 	}
 	b, _ := l.Data.Encode()
 	e := learnedPolicy(t, true, map[string][]byte{"learned.json": b})
+	dir := t.TempDir()
+	entries, _ := fs.ReadDir(rules.FS, ".")
+	for _, en := range entries {
+		copyFromFS(t, en.Name(), dir)
+	}
+	os.WriteFile(filepath.Join(dir, "learned.json"), b, 0o644)
+	rep0, err := policy.RunTests(ctx, policy.Source{Path: dir}, policy.TestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pass, fail, errs, _ := rep0.Counts(); pass == 0 || fail+errs != 0 {
+		t.Errorf("reference Rego tests with learned.json beside data.json: %d pass, %d fail, %d errors", pass, fail, errs)
+	}
 	rep, err := Replay(ctx, files, Options{Decider: e})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Denied != rep.ProtocolViolations || rep.Allowed == 0 {
 		t.Errorf("allowed %d, denied %d, violations %d", rep.Allowed, rep.Denied, rep.ProtocolViolations)
+	}
+}
+
+func copyFromFS(t *testing.T, name, dir string) {
+	t.Helper()
+	b, err := fs.ReadFile(rules.FS, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

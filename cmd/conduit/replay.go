@@ -137,7 +137,7 @@ func replayEngine(cmd *cobra.Command, path string, cfg *config.Config) (*policy.
 	if path == "" {
 		desc = "embedded reference policy (rules/): --policy not given"
 		if cfg != nil && cfg.Policy.Path != "" {
-			desc += fmt.Sprintf("; the configuration's policy.path %s is not used", cfg.Policy.Path)
+			desc += fmt.Sprintf("; the configuration's policy.path %q is not used", cfg.Policy.Path)
 		}
 	}
 	// A replay sees every shape of a week's traffic, and each connection's
