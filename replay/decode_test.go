@@ -383,3 +383,32 @@ func TestResponseBeforeItsRequest(t *testing.T) {
 		t.Errorf("unsolicited %+v, unanswered %v", s.resps[2], s.lost)
 	}
 }
+
+// TestSnapLengthCut: a segment cut by the snap length is a hole: the
+// request in it is skipped, the next one decoded.
+func TestSnapLengthCut(t *testing.T) {
+	path := writeCapture(t, func(w *synth.Writer) {
+		c := w.Conn(ap("10.0.0.1:40000"), ap("10.0.0.2:502"))
+		must(t, c.Handshake())
+		must(t, c.SendCut(synth.ToServer, readHR, 8)) // 4 of its 12 bytes not captured
+		must(t, c.Send(synth.ToClient, readHRr))
+		must(t, c.Send(synth.ToServer, writeHR))
+		must(t, c.Send(synth.ToClient, writeHRr))
+		must(t, c.Close())
+	})
+	s := decode(t, nil, path)
+	if got := s.names(); !slices.Equal(got, []string{"write_single_register"}) {
+		t.Fatalf("requests %v", got)
+	}
+	if got := s.problemReasons(); !slices.Equal(got, []string{"skipped:gap"}) {
+		t.Errorf("problems %v", got)
+	}
+	if p := s.problems[0]; p.Offset != 0 || p.Length != 8 {
+		t.Errorf("skipped %+v", p)
+	}
+	// The response to the cut request has nothing to answer: it waits for
+	// a request, then is reported unsolicited, after the write's.
+	if s.reqs[0].Offset != 12 || len(s.resps) != 2 || s.resps[0].RequestSeq != s.reqs[0].Seq || s.resps[1].RequestSeq != 0 || s.resps[1].Function != 3 {
+		t.Errorf("offset %d, responses %+v", s.reqs[0].Offset, s.resps)
+	}
+}

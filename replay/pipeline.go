@@ -70,7 +70,7 @@ type Request struct {
 	Seq    uint64 // 1, 2, 3 ... over the whole replay, in decoding order
 	Flow   *Flow
 	Time   time.Time // capture time of the segment that completed the request
-	Offset int64     // client->server stream offset of its first byte
+	Offset int64     // client->server stream offset of its first byte (OPC UA: of its final chunk)
 	// Input is the policy input, built exactly as the proxy builds it:
 	// listener, upstream, client address and port, identity (always nil: a
 	// capture carries no verified certificate), operation.

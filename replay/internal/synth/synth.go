@@ -61,6 +61,7 @@ type Conn struct {
 	eth      [2]layers.Ethernet
 	ip       [2]layers.IPv4
 	finished bool
+	cut      int // payload bytes the next packet's record leaves out
 }
 
 // Conn starts a connection between two IPv4 endpoints. Nothing is written
@@ -101,6 +102,15 @@ func (c *Conn) Send(d Dir, p []byte) error {
 // without moving Next: for reordering, retransmissions and gaps.
 func (c *Conn) SendAt(d Dir, off uint32, p []byte) error {
 	return c.packet(d, c.isn[d]+1+off, c.isn[1-d]+1+c.Next[1-d], tcpFlags{ack: true, psh: true}, p)
+}
+
+// SendCut writes p as one segment in direction d at Next[d] and advances
+// it, but captures only its first keep payload bytes, as a snap length
+// would (the record's original length says the rest existed).
+func (c *Conn) SendCut(d Dir, p []byte, keep int) error {
+	c.cut = len(p) - keep
+	defer func() { c.cut = 0 }()
+	return c.Send(d, p)
 }
 
 // Close writes FIN-ACK both ways and the last ACK.
@@ -146,7 +156,8 @@ func (c *Conn) packet(d Dir, seq, ack uint32, f tcpFlags, payload []byte) error 
 		return fmt.Errorf("synth: %w", err)
 	}
 	b := w.buf.Bytes()
-	ci := gopacket.CaptureInfo{Timestamp: w.Now, CaptureLength: len(b), Length: len(b)}
+	ci := gopacket.CaptureInfo{Timestamp: w.Now, CaptureLength: len(b) - c.cut, Length: len(b)}
+	b = b[:ci.CaptureLength]
 	w.Now = w.Now.Add(w.Step)
 	w.n++
 	return w.pw.WritePacket(ci, b)
