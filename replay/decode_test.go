@@ -412,3 +412,39 @@ func TestSnapLengthCut(t *testing.T) {
 		t.Errorf("offset %d, responses %+v", s.reqs[0].Offset, s.resps)
 	}
 }
+
+// TestOPCUAOpaqueAndMidStream: a SignAndEncrypt channel gives opaque
+// operations (with the client certificate the OPN shows), not errors; a
+// session picked up mid-stream is found to be unencrypted and decoded.
+func TestOPCUAOpaqueAndMidStream(t *testing.T) {
+	s := decode(t, nil, filepath.Join(pcapDir, "opc_open62541_client-server_encrypted.pcap"))
+	var opaque []string
+	for _, r := range s.reqs {
+		if u := r.op.OPCUA; u.Opaque {
+			opaque = append(opaque, r.op.Name)
+			if u.SecurityMode != "sign_and_encrypt" || !strings.HasSuffix(u.SecurityPolicy, "#Basic128Rsa15") || len(u.ClientCertThumbprint) != 40 {
+				t.Errorf("opaque operation %+v", u)
+			}
+		}
+	}
+	want := []string{"open_secure_channel", "opaque", "opaque", "opaque", "opaque", "close_secure_channel"}
+	if !slices.Equal(opaque, want) {
+		t.Errorf("opaque operations %v, want %v", opaque, want)
+	}
+	if len(s.problems) != 0 {
+		t.Errorf("problems %+v", s.problems)
+	}
+
+	s = decode(t, nil, filepath.Join("testdata", "opcua_midstream.pcap"))
+	if len(s.reqs) != 23 || len(s.problems) != 0 {
+		t.Fatalf("%d requests, problems %v", len(s.reqs), s.problemReasons())
+	}
+	for _, r := range s.reqs {
+		if u := r.op.OPCUA; u.Opaque || u.SecurityMode != "none" || r.Refused != nil {
+			t.Errorf("mid-stream request %s: %+v %v", r.op.Name, u, r.Refused)
+		}
+	}
+	if f := s.flows[0]; !f.MidStream || f.Kind != KindOPCUA || f.Responses != 22 {
+		t.Errorf("flow %+v", f)
+	}
+}
