@@ -46,6 +46,8 @@ func newRootCmd() *cobra.Command {
 		newPolicyCmd(),
 		newPKICmd(),
 		newConnectCmd(),
+		newReplayCmd(),
+		newLearnCmd(),
 	)
 	return root
 }
