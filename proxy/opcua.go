@@ -361,7 +361,7 @@ func (u *uaConn) violation(msg *opcua.Message, info opcua.RequestInfo, mode opcu
 	if errors.Is(derr, opcua.ErrUnknownService) {
 		status = opcua.StatusBadServiceUnsupported
 	}
-	ev := u.requestEvent(policy.Decision{Reason: "protocol violation: " + derr.Error(), Rule: "protocol." + string(opcua.CodeOf(derr))})
+	ev := u.requestEvent(policy.Decision{Reason: inspect.ViolationReason(derr), Rule: inspect.ViolationRule(string(opcua.CodeOf(derr)))})
 	return u.refuse(msg, info, mode, ev, status, policy.ActionRefuse)
 }
 

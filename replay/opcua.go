@@ -239,7 +239,7 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 	}
 	if derr != nil {
 		rq.Refused = derr
-		rq.Rule = "protocol." + string(opcua.CodeOf(derr))
+		rq.Rule = inspect.ViolationRule(string(opcua.CodeOf(derr)))
 	}
 	u.s.f.Requests++
 	p.sink.request(rq)
