@@ -94,17 +94,10 @@ type uaPending struct {
 	tokID    uint32
 	deadline time.Time
 	parked   bool // a Publish: the server holds it until it has news
-	// ActivateSession: the identity that applies to token once the server
-	// accepted it. CloseSession: the token that ends.
-	activate *inspect.OPCUASession
-	closes   bool
-	token    string
+	// session: what an ActivateSession or CloseSession changes once the
+	// server accepted it.
+	session opcua.SessionChange
 }
-
-// maxSessions bounds the sessions tracked per connection; beyond it the
-// oldest is forgotten and its requests carry no session (fail closed: a
-// policy that names users denies them).
-const maxSessions = 64
 
 // uaConn is the per-connection state of the OPC UA handler.
 type uaConn struct {
@@ -136,8 +129,7 @@ type uaConn struct {
 	pend      map[uint32]*uaPending
 	waiting   int // pending requests that are not parked Publishes
 	opaqueOut int // opaque requests not yet answered (no request ids)
-	sessions  map[string]*inspect.OPCUASession
-	order     []string // session tokens, oldest first
+	sessions  opcua.Sessions
 	timer     *time.Timer
 	idle      chan struct{}
 	acked     bool
@@ -145,11 +137,10 @@ type uaConn struct {
 
 func (h *opcuaHandler) serve(c *Conn) (reason string) {
 	u := &uaConn{
-		h:        h,
-		c:        c,
-		ch:       opcua.NewChannel(opcua.Config{Limits: h.lim, SecurityMode: h.mode}),
-		pend:     make(map[uint32]*uaPending),
-		sessions: make(map[string]*inspect.OPCUASession),
+		h:    h,
+		c:    c,
+		ch:   opcua.NewChannel(opcua.Config{Limits: h.lim, SecurityMode: h.mode}),
+		pend: make(map[uint32]*uaPending),
 	}
 	u.fr = opcua.NewFramer(c.client, u.ch.MaxChunkSize(opcua.ClientToServer))
 	u.in = policy.Input{
@@ -317,7 +308,7 @@ func (u *uaConn) request(msg *opcua.Message) (string, bool) {
 	mode := u.ch.Security().Mode
 	u.chMu.Unlock()
 	if derr != nil {
-		if closes(derr) {
+		if opcua.ClosesConnection(derr) {
 			// The body does not decode to exactly its length or breaks a
 			// cap: nothing of this connection can be trusted any more.
 			return u.malformedClient("decode", derr, joinChunks(msg.Chunks)), false
@@ -363,19 +354,6 @@ func (u *uaConn) request(msg *opcua.Message) (string, bool) {
 	return u.forward(msg, info)
 }
 
-// closes reports whether a decode error ends the connection: a body that is
-// shorter or longer than its structure, or a count or nesting beyond the
-// caps. Other decode errors (an unknown service or structure, an invalid
-// value) are well-framed requests the proxy refuses one by one.
-func closes(err error) bool {
-	switch opcua.CodeOf(err) {
-	case opcua.CodeTruncated, opcua.CodeTrailingBytes, opcua.CodeArrayTooLong,
-		opcua.CodeDepthExceeded, opcua.CodeTooManyValues:
-		return true
-	}
-	return false
-}
-
 // violation refuses a well-framed request that could not be decoded.
 func (u *uaConn) violation(msg *opcua.Message, info opcua.RequestInfo, mode opcua.SecurityMode, derr error) (string, bool) {
 	u.h.l.metrics.denied.Inc()
@@ -383,7 +361,7 @@ func (u *uaConn) violation(msg *opcua.Message, info opcua.RequestInfo, mode opcu
 	if errors.Is(derr, opcua.ErrUnknownService) {
 		status = opcua.StatusBadServiceUnsupported
 	}
-	ev := u.requestEvent(policy.Decision{Reason: "protocol violation: " + derr.Error(), Rule: "protocol." + string(opcua.CodeOf(derr))})
+	ev := u.requestEvent(policy.Decision{Reason: inspect.ViolationReason(derr), Rule: inspect.ViolationRule(string(opcua.CodeOf(derr)))})
 	return u.refuse(msg, info, mode, ev, status, policy.ActionRefuse)
 }
 
@@ -501,16 +479,12 @@ func (u *uaConn) channelMode() opcua.SecurityMode {
 }
 
 // attachSession gives the operation the session its AuthenticationToken
-// names, as ActivateSession established it on this connection. An
-// ActivateSession request carries the identity it asks for instead.
+// names, as ActivateSession established it on this connection
+// (opcua.Sessions). An ActivateSession request carries the identity it
+// asks for instead.
 func (u *uaConn) attachSession(info *opcua.RequestInfo) {
-	if u.op.OPCUA == nil || u.op.OPCUA.Session != nil || !info.HasAuthToken {
-		return
-	}
 	u.mu.Lock()
-	if s := u.sessions[string(info.AuthToken)]; s != nil {
-		u.op.OPCUA.Session = s // read-only once stored
-	}
+	u.sessions.Attach(&u.op, info)
 	u.mu.Unlock()
 }
 
@@ -546,8 +520,7 @@ func (u *uaConn) forward(msg *opcua.Message, info opcua.RequestInfo) (string, bo
 		timeout := l.cfg.Timeouts.Response.D()
 		if info.Service != nil {
 			p.service = info.Service.Name
-			switch info.Service.Name {
-			case "Publish":
+			if info.Service.Name == "Publish" {
 				// The server holds a Publish until it has notifications or
 				// a keep-alive is due; the client's TimeoutHint says how
 				// long it is prepared to wait.
@@ -556,14 +529,8 @@ func (u *uaConn) forward(msg *opcua.Message, info opcua.RequestInfo) (string, bo
 				if info.TimeoutHint == 0 {
 					timeout = max(timeout, l.cfg.Timeouts.Idle.D())
 				}
-			case "ActivateSession":
-				if s := u.op.OPCUA.Session; s != nil {
-					cp := *s
-					p.activate, p.token = &cp, string(info.AuthToken)
-				}
-			case "CloseSession":
-				p.closes, p.token = true, string(info.AuthToken)
 			}
+			p.session = opcua.SessionChangeOf(&u.op, &info)
 		}
 		p.deadline = time.Now().Add(timeout)
 		u.addPending(msg.RequestID, p)

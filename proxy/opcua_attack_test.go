@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gopcua/opcua"
+	"github.com/gopcua/opcua/id"
 	"github.com/gopcua/opcua/ua"
 
 	"github.com/conduit-ot/conduit/audit"
@@ -370,6 +371,66 @@ func TestOPCUATwoSessionsOnOneChannel(t *testing.T) {
 	}
 	if got := strings.Join(users(), ","); got != "username:alice,anonymous:,username:alice,none" {
 		t.Fatalf("sessions of the reads: %s", got)
+	}
+}
+
+// A CloseSession the proxy refuses as a protocol violation never reaches
+// the server: its session goes on, and later requests still run in it. A
+// valid CloseSession, once the server accepted it, ends it. (Replay follows
+// the same rule: opcua.Sessions.)
+func TestOPCUARefusedCloseSessionKeepsTheSession(t *testing.T) {
+	r := newUARig(t, "", "", sim.OPCUAOptions{})
+	addr := r.l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+	alice := c.session(t, &ua.UserNameIdentityToken{PolicyID: "username", UserName: "alice", Password: []byte("pw")})
+	closeBody := func(handle uint32) []byte {
+		hdr := rawReqHeader(handle)
+		hdr.AuthenticationToken = alice
+		return typed(t, id.CloseSessionRequest_Encoding_DefaultBinary, &ua.CloseSessionRequest{RequestHeader: hdr, DeleteSubscriptions: true})
+	}
+	read := func(handle uint32) {
+		t.Helper()
+		reqID := c.request(readBodyAs(t, alice, handle, sim.OPCUASetpoint))
+		if got, svc := c.response(); got != reqID {
+			t.Fatalf("answer to %d (%T), want the read %d", got, svc, reqID)
+		}
+	}
+
+	read(300)
+	bad := closeBody(301)
+	bad[len(bad)-1] = 2 // DeleteSubscriptions: a Boolean must be 0 or 1
+	c.request(bad)
+	if _, svc := c.response(); svc.(*ua.ServiceFault).ResponseHeader.ServiceResult != ua.StatusBadDecodingError {
+		t.Fatalf("malformed CloseSession: %+v", svc)
+	}
+	read(302)
+	c.request(closeBody(303))
+	if _, svc := c.response(); svc.(*ua.CloseSessionResponse).ResponseHeader.ServiceResult != ua.StatusOK {
+		t.Fatalf("CloseSession: %+v", svc)
+	}
+	read(304)
+
+	var got []string
+	for _, ev := range r.rec.byAction(audit.ActionRequest) {
+		if ev.Op == nil || ev.ConnID != r.rec.byAction(audit.ActionConnectionOpen)[1].ConnID {
+			continue // the bystander's
+		}
+		switch ev.Op.Name {
+		case "read", "close_session":
+			user := "none"
+			if s := ev.Op.OPCUA.Session; s != nil {
+				user = s.UserName
+			}
+			if strings.HasPrefix(ev.Rule, "protocol.") {
+				user += ":" + ev.Rule
+			}
+			got = append(got, ev.Op.Name+":"+user)
+		}
+	}
+	want := "read:alice close_session:none:protocol.invalid_encoding read:alice close_session:alice read:none"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("requests\n%s\nwant\n%s", strings.Join(got, " "), want)
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/inspect/opcua"
-	"github.com/gopcua/opcua/id"
 )
 
 // The server side of an OPC UA connection: ACK, OPN responses, responses
@@ -145,34 +144,16 @@ func (u *uaConn) response(msg *opcua.Message) bool {
 // session tracks what ActivateSession and CloseSession did, from the
 // server's answer.
 func (u *uaConn) session(p *uaPending, body []byte) {
-	if p.activate == nil && !p.closes {
-		return
+	if p.session.IsZero() {
+		return // the response need not be decoded
 	}
 	rh, err := opcua.DecodeResponseHeader(body)
-	if err != nil || rh.ServiceResult&0xC0000000 != 0 { // not Good (Part 4 §7.34.1)
+	if err != nil {
 		return
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	switch {
-	case p.activate != nil && rh.TypeID == id.ActivateSessionResponse_Encoding_DefaultBinary:
-		if _, known := u.sessions[p.token]; !known {
-			u.order = append(u.order, p.token)
-			if len(u.order) > maxSessions {
-				delete(u.sessions, u.order[0])
-				u.order = u.order[1:]
-			}
-		}
-		u.sessions[p.token] = p.activate
-	case p.closes && rh.TypeID == id.CloseSessionResponse_Encoding_DefaultBinary:
-		delete(u.sessions, p.token)
-		for i, t := range u.order {
-			if t == p.token {
-				u.order = append(u.order[:i], u.order[i+1:]...)
-				break
-			}
-		}
-	}
+	u.sessions.Response(p.session, rh)
+	u.mu.Unlock()
 }
 
 // rewriteEndpoints points the endpoint URLs of a GetEndpoints or

@@ -231,7 +231,7 @@ func (m *mbDecoder) request(adu []byte, off int64, ts time.Time) error {
 		// A well-framed request a conforming device would refuse: the
 		// proxy answers it with the exception, never asks the policy.
 		rq.Refused = err
-		rq.Rule = "protocol." + modbus.ReasonOf(err)
+		rq.Rule = inspect.ViolationRule(modbus.ReasonOf(err))
 	}
 	m.s.f.Requests++
 	p.sink.request(rq)

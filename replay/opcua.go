@@ -19,7 +19,7 @@ import (
 // Channel.Decode makes the operation of every complete client message.
 // Responses are paired with requests by request id; ActivateSession and
 // CloseSession responses maintain the sessions whose identity later
-// requests carry, as the proxy does.
+// requests carry, with the proxy's opcua.Sessions.
 type uaDecoder struct {
 	s      *stream
 	ch     *opcua.Channel // nil until the first chunk, and after a gap
@@ -34,7 +34,7 @@ type uaDecoder struct {
 
 	pend     map[uint32]uaPending
 	early    []uaEarly // responses waiting for a request, oldest first
-	sessions map[string]*inspect.OPCUASession
+	sessions opcua.Sessions
 }
 
 type uaHalf struct {
@@ -48,13 +48,11 @@ type uaHalf struct {
 
 // uaPending is a request waiting for its response.
 type uaPending struct {
-	seq      uint64
-	kind     OpKind
-	service  string
-	typeID   uint32
-	activate *inspect.OPCUASession // ActivateSession: the identity it asks for
-	token    string                // ActivateSession, CloseSession: the session's AuthenticationToken
-	closes   bool
+	seq     uint64
+	kind    OpKind
+	service string
+	typeID  uint32
+	session opcua.SessionChange // ActivateSession, CloseSession
 }
 
 // Binary encoding ids: a response's id is its request's + 3 (Part 6 §5.2.2.15,
@@ -64,16 +62,12 @@ const (
 	serviceFaultID   = id.ServiceFault_Encoding_DefaultBinary
 )
 
-// maxSessions bounds the sessions tracked per flow, as the proxy does.
-const maxSessions = 64
-
 func newOPCUADecoder(s *stream) *uaDecoder {
 	u := &uaDecoder{
-		s:        s,
-		mode:     s.l.mode,
-		strict:   !s.f.MidStream,
-		pend:     map[uint32]uaPending{},
-		sessions: map[string]*inspect.OPCUASession{},
+		s:      s,
+		mode:   s.l.mode,
+		strict: !s.f.MidStream,
+		pend:   map[uint32]uaPending{},
 	}
 	u.in = policy.Input{
 		Protocol: inspect.ProtocolOPCUA,
@@ -222,25 +216,13 @@ func (u *uaDecoder) chunk(dir capture.Dir, chunk []byte, off int64, ts time.Time
 	return nil
 }
 
-// closes reports whether a decode error ends the connection (the body is
-// shorter or longer than its structure, or breaks a cap) rather than
-// refusing one request: the proxy's rule.
-func closes(err error) bool {
-	switch opcua.CodeOf(err) {
-	case opcua.CodeTruncated, opcua.CodeTrailingBytes, opcua.CodeArrayTooLong,
-		opcua.CodeDepthExceeded, opcua.CodeTooManyValues:
-		return true
-	}
-	return false
-}
-
 func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts time.Time) error {
 	info, derr := ch.Decode(msg, &u.op)
-	if derr != nil && closes(derr) {
+	if derr != nil && opcua.ClosesConnection(derr) {
 		return derr
 	}
 	if derr == nil && !msg.Opaque {
-		u.attachSession(&info)
+		u.sessions.Attach(&u.op, &info)
 	}
 	p := u.s.p
 	rq := &u.rq
@@ -257,7 +239,7 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 	}
 	if derr != nil {
 		rq.Refused = derr
-		rq.Rule = "protocol." + string(opcua.CodeOf(derr))
+		rq.Rule = inspect.ViolationRule(string(opcua.CodeOf(derr)))
 	}
 	u.s.f.Requests++
 	p.sink.request(rq)
@@ -267,15 +249,11 @@ func (u *uaDecoder) request(ch *opcua.Channel, msg *opcua.Message, off int64, ts
 	pd := uaPending{seq: rq.Seq, kind: rq.Op, typeID: info.TypeID}
 	if info.Service != nil {
 		pd.service = info.Service.Name
-		switch info.Service.Name {
-		case "ActivateSession":
-			if s := u.op.OPCUA.Session; s != nil && derr == nil {
-				cp := *s
-				pd.activate, pd.token = &cp, string(info.AuthToken)
-			}
-		case "CloseSession":
-			pd.closes, pd.token = true, string(info.AuthToken)
-		}
+	}
+	if derr == nil {
+		// A request refused as a protocol violation is never forwarded by
+		// the proxy: it changes no session, whatever the server answered.
+		pd.session = opcua.SessionChangeOf(&u.op, &info)
 	}
 	if old, dup := u.pend[msg.RequestID]; dup {
 		p.sink.unanswered(u.s.f, old.seq)
@@ -299,18 +277,6 @@ func (u *uaDecoder) dropOldest() {
 	}
 	delete(u.pend, oldest)
 	u.s.p.sink.unanswered(u.s.f, seq)
-}
-
-// attachSession gives the operation the session its AuthenticationToken
-// names, as an earlier ActivateSession established it; an ActivateSession
-// carries the identity it asks for instead.
-func (u *uaDecoder) attachSession(info *opcua.RequestInfo) {
-	if u.op.OPCUA == nil || u.op.OPCUA.Session != nil || !info.HasAuthToken {
-		return
-	}
-	if s := u.sessions[string(info.AuthToken)]; s != nil {
-		u.op.OPCUA.Session = s
-	}
 }
 
 func (u *uaDecoder) response(msg *opcua.Message, off int64, ts time.Time) {
@@ -391,30 +357,11 @@ func (u *uaDecoder) emitResponse(e *uaEarly, p *uaPending) {
 			rs.Reason = "response_mismatch"
 		}
 		if p != nil && rs.Err == nil {
-			u.session(*p, e.rh)
+			u.sessions.Response(p.session, e.rh)
 		}
 	}
 	u.s.f.Responses++
 	u.s.p.sink.response(&rs)
-}
-
-// session records what a successful ActivateSession or CloseSession did.
-func (u *uaDecoder) session(p uaPending, rh opcua.ResponseHeader) {
-	if rh.ServiceResult&0xC0000000 != 0 { // not Good (Part 4 §7.34.1)
-		return
-	}
-	switch {
-	case p.activate != nil && rh.TypeID == id.ActivateSessionResponse_Encoding_DefaultBinary:
-		if _, known := u.sessions[p.token]; !known && len(u.sessions) >= maxSessions {
-			for k := range u.sessions { // any one: sessions this many are a client bug
-				delete(u.sessions, k)
-				break
-			}
-		}
-		u.sessions[p.token] = p.activate
-	case p.closes && rh.TypeID == id.CloseSessionResponse_Encoding_DefaultBinary:
-		delete(u.sessions, p.token)
-	}
 }
 
 // malformed handles a chunk that does not frame or that the channel

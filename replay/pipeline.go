@@ -79,9 +79,10 @@ type Request struct {
 	// the policy: a well-framed request that breaks the protocol's rules
 	// (a Modbus *ProtocolError, an OPC UA body that does not decode). The
 	// proxy audits it as a deny with Rule "protocol.<reason code>" and
-	// Reason "protocol violation: <error>".
+	// Reason "protocol violation: <error>" (inspect.ViolationRule and
+	// ViolationReason).
 	Refused error
-	Rule    string // for Refused: "protocol.<reason code>"
+	Rule    string // for Refused: inspect.ViolationRule(<reason code>)
 
 	// Modbus: the transaction id. OPC UA: the request id (0 when opaque).
 	Key uint32

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/conduit-ot/conduit/config"
+	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/inspect/capture"
 	"github.com/conduit-ot/conduit/policy"
 )
@@ -78,7 +79,7 @@ func (r *replayer) request(rq *Request) {
 	if rq.Refused != nil {
 		// What the proxy records for a well-framed request that breaks the
 		// protocol's rules: a deny that never reached the policy.
-		d = policy.Decision{Reason: "protocol violation: " + rq.Refused.Error(), Rule: rq.Rule}
+		d = policy.Decision{Reason: inspect.ViolationReason(rq.Refused), Rule: rq.Rule}
 	} else {
 		d = r.opts.Decider.Decide(r.ctx, rq.Input)
 	}

@@ -21,6 +21,7 @@
 //	binary*.go      the bounded cursor, NodeIds, Variants, the schema walker
 //	extobjects_gen.go  standard structure layouts (generated from gopcua's type list)
 //	service*.go     service table and request decoding into inspect.Operation
+//	session.go      Sessions: the session each request runs in
 //	encode.go       ServiceFault, chunking, Renumberer, endpoint rewrite
 //
 // gopcua (github.com/gopcua/opcua/ua) supplies only type layouts (its
@@ -54,7 +55,11 @@
 //
 // Any error from Feed poisons the Channel (fail closed): close the
 // connection, after an ERR (EncodeError) where the protocol allows one. An
-// error from Decode denies that request only.
+// error from Decode denies that request only, unless ClosesConnection says
+// the body broke its own framing or a cap: then the connection ends too.
+//
+// Sessions tracks the session (and identity) each request runs in, from
+// ActivateSession and CloseSession and the server's answers to them.
 //
 // # Forwarding
 //

@@ -100,3 +100,20 @@ func CodeOf(err error) Code {
 	}
 	return ""
 }
+
+// ClosesConnection reports whether an error of DecodeRequest (or
+// Channel.Decode) ends the connection rather than refusing one request: the
+// body is shorter or longer than its structure, or a count or nesting
+// breaks a cap, so nothing more on the connection can be trusted. The proxy
+// closes the connection for it (after an ERR); replay reports it as
+// malformed. Every other decode error (an unknown service or structure, an
+// invalid value) is a well-framed request refused on its own, with a
+// ServiceFault where the channel allows one. Errors of Feed always end the
+// connection and are not classified here.
+func ClosesConnection(err error) bool {
+	switch CodeOf(err) {
+	case CodeTruncated, CodeTrailingBytes, CodeArrayTooLong, CodeDepthExceeded, CodeTooManyValues:
+		return true
+	}
+	return false
+}
