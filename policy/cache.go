@@ -5,8 +5,10 @@ import (
 	"sync"
 )
 
-// The decision cache maps the canonical encoding of a whole input document
-// (keyWriter) to the outcome the policy gave for it. It belongs to one
+// The decision cache maps the canonical encoding of an input document
+// (keyWriter) — of the parts of it the policy version can read (readTree):
+// the client's port, for one, is left out by a policy that never reads it —
+// to the outcome the policy gave for it. It belongs to one
 // policy version: a reload starts with an empty cache, because the new
 // version is a new *version with its own cache.
 //

@@ -261,7 +261,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (d Decision) {
 	if v.cache != nil {
 		key = keyWriterPool.Get().(*keyWriter)
 		defer keyWriterPool.Put(key)
-		key.reset(maxKeyLen)
+		key.reset(maxKeyLen, v.reads)
 		writeInput(key, in)
 		if key.ok() {
 			if o, hit := v.cache.get(key.buf); hit {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/pki"
+	"github.com/conduit-ot/conduit/rules"
 )
 
 // The decision cache is only correct if two inputs with the same key have
@@ -21,7 +23,7 @@ import (
 
 func keyOf(in *Input) ([]byte, bool) {
 	var w keyWriter
-	w.reset(1 << 20)
+	w.reset(1<<20, nil)
 	writeInput(&w, in)
 	return bytes.Clone(w.buf), w.ok()
 }
@@ -287,5 +289,99 @@ func TestCacheKeyRandom(t *testing.T) {
 	}
 	if collisions == 0 {
 		t.Error("no repeated key: the domain is too large to test anything")
+	}
+}
+
+// referenceVersion compiles the embedded reference policy.
+func referenceVersion(t *testing.T) *version {
+	t.Helper()
+	snap, err := Source{Path: "rules", FS: rules.FS}.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := compile(context.Background(), snap, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestReferenceReads(t *testing.T) {
+	// What the reference policy reads of the input document; the cache
+	// key leaves out the rest: client.port above all, and upstream,
+	// operation.name, opcua.type_id and opcua.nodes.
+	want := "client.address, client.identity, listener, modbus, opcua.calls, opcua.client_certificate, " +
+		"opcua.opaque, opcua.security_mode, opcua.security_policy, opcua.service, opcua.session, " +
+		"opcua.writes, operation.access, protocol"
+	if got := referenceVersion(t).reads.String(); got != want {
+		t.Errorf("reads\n got %s\nwant %s", got, want)
+	}
+}
+
+// project keeps of doc what reads covers, as the masked key does.
+func project(doc ast.Value, reads *readTree) ast.Value {
+	obj, ok := doc.(ast.Object)
+	if reads == nil || reads.all || !ok {
+		return doc
+	}
+	out := ast.NewObject()
+	obj.Foreach(func(k, v *ast.Term) {
+		f := fieldNamed(string(k.Value.(ast.String)))
+		if f == nil {
+			out.Insert(k, v)
+			return
+		}
+		if n := reads.kid(f.id); n != nil {
+			out.Insert(k, ast.NewTerm(project(v.Value, n)))
+		}
+	})
+	return out
+}
+
+func TestMaskedCacheKeyRandom(t *testing.T) {
+	reads := referenceVersion(t).reads
+	r := rand.New(rand.NewPCG(3, 4))
+	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
+	seen := map[string]ast.Value{}
+	collisions := 0
+	var w keyWriter
+	for range 20000 {
+		m := inspect.Modbus{
+			Unit: uint8(r.IntN(2)), Function: uint8([]int{3, 16, 8}[r.IntN(3)]),
+			Table: inspect.Table(r.IntN(5)), Address: uint16(r.IntN(2)), Quantity: uint16(r.IntN(2)),
+		}
+		for range r.IntN(2) {
+			m.Values = append(m.Values, uint16(r.IntN(2)))
+		}
+		in := &Input{
+			Protocol: inspect.ProtocolModbus, Listener: pick("a", "b"), Upstream: pick("", "x", "y"),
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, byte(r.IntN(2))}), uint16(r.IntN(1000))),
+			Op:     &inspect.Operation{Protocol: inspect.ProtocolModbus, Access: inspect.Access(r.IntN(4)), Name: pick("n", "m"), Modbus: m},
+		}
+		if r.IntN(4) == 0 {
+			in.Identity = &pki.Identity{CommonName: pick("a", "b"), Serial: pick("1", "2")}
+		}
+		doc, err := Document(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.reset(1<<20, reads)
+		writeInput(&w, in)
+		if !w.ok() || w.skip != 0 || len(w.stack) != 0 {
+			t.Fatalf("key writer state after a document: ok %v, skip %d, stack %d", w.ok(), w.skip, len(w.stack))
+		}
+		proj := project(doc, reads)
+		if prev, dup := seen[string(w.buf)]; dup {
+			collisions++
+			if ast.Compare(prev, proj) != 0 {
+				t.Fatalf("same key, different documents where the policy reads:\n%v\n%v", prev, proj)
+			}
+		}
+		seen[string(w.buf)] = proj
+	}
+	// Ports, upstreams and names vary but are not read: most inputs share
+	// a key with another.
+	if collisions < 10000 {
+		t.Errorf("only %d repeated keys: the unread fields are in the key", collisions)
 	}
 }
