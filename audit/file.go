@@ -36,7 +36,6 @@ func OpenFile(path string, opts Options) (*Sink, error) {
 		}
 		return &fileTarget{f: f, w: f}, torn, nil
 	}
-	go s.run()
 	return s, nil
 }
 
