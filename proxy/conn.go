@@ -160,6 +160,16 @@ func (c *Conn) dropUpstream(up net.Conn) {
 // the event. The error matters to the caller only before a forward: a
 // failed audit write denies the operation.
 func (c *Conn) record(ev *audit.Event) error {
+	c.stamp(ev)
+	err := c.l.opts.Recorder.Record(ev)
+	if err != nil {
+		c.auditFailed(ev, err)
+	}
+	return err
+}
+
+// stamp fills the fields every event of this connection shares.
+func (c *Conn) stamp(ev *audit.Event) {
 	l := c.l
 	ev.Listener = l.cfg.Name
 	ev.ConnID = c.id
@@ -168,10 +178,10 @@ func (c *Conn) record(ev *audit.Event) error {
 	ev.Protocol = l.cfg.Protocol
 	ev.Identity = c.identity
 	ev.TLSVersion = c.tlsVersion
-	err := l.opts.Recorder.Record(ev)
-	if err != nil {
-		l.metrics.auditFails.Inc()
-		l.log.Error("audit write failed", zap.Uint64("conn", c.id), zap.String("action", ev.Action), zap.Error(err))
-	}
-	return err
+}
+
+// auditFailed counts and logs an event that could not be written.
+func (c *Conn) auditFailed(ev *audit.Event, err error) {
+	c.l.metrics.auditFails.Inc()
+	c.l.log.Error("audit write failed", zap.Uint64("conn", c.id), zap.String("action", ev.Action), zap.Error(err))
 }
