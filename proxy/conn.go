@@ -35,6 +35,7 @@ type Conn struct {
 	reason    atomic.Pointer[string]
 
 	wmu sync.Mutex // serializes writes to the client
+	wdl time.Time  // the client write deadline last set (under wmu)
 
 	upMu     sync.Mutex
 	upstream net.Conn
@@ -91,10 +92,16 @@ func (c *Conn) closedReason() string {
 // request reader (refusals) and the response reader (answers), so they are
 // serialized; a client that stops reading is cut off after the response
 // timeout instead of blocking the connection forever.
+//
+// The deadline is refreshed coarsely (see refresh): a write that blocks is
+// cut off after between one and 1.125 response timeouts.
 func (c *Conn) writeClient(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.client.SetWriteDeadline(time.Now().Add(c.l.cfg.Timeouts.Response.D()))
+	if dl := refresh(c.wdl, time.Now(), c.l.cfg.Timeouts.Response.D()); !dl.IsZero() {
+		c.client.SetWriteDeadline(dl)
+		c.wdl = dl
+	}
 	_, err := c.client.Write(b)
 	return err
 }

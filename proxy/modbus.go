@@ -84,8 +84,11 @@ type mbConn struct {
 	burst  []mbRequest // grows to the deepest burst seen
 	evs    []*audit.Event
 	errs   []error
-	toDev  []byte // the burst's re-encoded requests, one write
-	toCli  []byte // the burst's refusals, one write
+	toDev  []byte    // the burst's re-encoded requests, one write
+	toCli  []byte    // the burst's refusals, one write
+	readDL time.Time // the client read (idle) deadline last set
+	upDL   time.Time // the upstream write deadline last set
+	dlUp   net.Conn  // the upstream connection upDL is for
 	// end is set by a request after which the connection ends: it is
 	// acted on once the burst before it is recorded and forwarded.
 	end struct {
@@ -126,6 +129,22 @@ func (h *modbusHandler) serve(c *Conn) string {
 	return reason
 }
 
+// coarse is how much later than asked a deadline may be set, so that it is
+// refreshed at most once per that period instead of once per frame: setting
+// a deadline re-arms a runtime timer. A deadline so set fires between d and
+// d + d/8 (at most one second more).
+func coarse(d time.Duration) time.Duration { return min(d/8, time.Second) }
+
+// refresh returns the deadline to set for a timeout of d from now, or the
+// zero time when the one set (at) is still late enough.
+func refresh(at, now time.Time, d time.Duration) time.Time {
+	want := now.Add(d)
+	if !at.Before(want) {
+		return time.Time{}
+	}
+	return want.Add(coarse(d))
+}
+
 // readRequests is the client side loop; it returns the reason the
 // connection ends.
 func (m *mbConn) readRequests() string {
@@ -136,7 +155,16 @@ func (m *mbConn) readRequests() string {
 			m.waitIdle()
 			return "drained for shutdown"
 		}
-		c.client.SetReadDeadline(time.Now().Add(idle))
+		if m.framer.Buffered() == 0 {
+			if dl := refresh(m.readDL, time.Now(), idle); !dl.IsZero() {
+				c.client.SetReadDeadline(dl)
+				m.readDL = dl
+				// startDrain's immediate deadline must not be lost.
+				if c.draining() {
+					continue
+				}
+			}
+		}
 		adu, err := m.framer.Next()
 		if err != nil {
 			return m.readError(err)
@@ -423,7 +451,6 @@ func (m *mbConn) forward() {
 	resp := l.cfg.Timeouts.Response.D()
 	deadline := now.Add(resp)
 	m.mu.Lock()
-	wasIdle := m.inflight == 0
 	for i := range m.burst {
 		r := &m.burst[i]
 		if !r.forward {
@@ -444,12 +471,18 @@ func (m *mbConn) forward() {
 		p.deadline = deadline
 		m.inflight++
 	}
-	if wasIdle && m.inflight > 0 {
+	if m.inflight > 0 && m.timerAt.IsZero() {
 		m.armTimerLocked(deadline)
 	}
 	m.mu.Unlock()
 
-	up.SetWriteDeadline(now.Add(resp))
+	if up != m.dlUp {
+		m.dlUp, m.upDL = up, time.Time{}
+	}
+	if dl := refresh(m.upDL, now, resp); !dl.IsZero() {
+		up.SetWriteDeadline(dl)
+		m.upDL = dl
+	}
 	if _, err := up.Write(m.toDev); err != nil {
 		l.metrics.upstreamError("write")
 		l.log.Warn("upstream write failed", zap.Uint64("conn", c.id), zap.Error(err))
@@ -567,7 +600,6 @@ func (rr *responseReader) take(adu []byte) {
 		p.used = false
 		m.inflight--
 		m.answering++
-		m.rearmLocked()
 	}
 	m.mu.Unlock()
 	if p == nil {
@@ -654,7 +686,6 @@ func (m *mbConn) takeAllLocked(match func(*pending) bool) [][]byte {
 			m.answering++
 		}
 	}
-	m.rearmLocked()
 	return taken
 }
 
@@ -675,9 +706,12 @@ func (m *mbConn) answerFailed(adus [][]byte, code uint8) {
 	m.release(len(adus))
 }
 
-// armTimerLocked schedules expire at the oldest pending deadline. The
-// upstream reader never uses read deadlines: a deadline firing mid-frame
-// would lose framing state.
+// armTimerLocked schedules expire at (or after) the oldest pending
+// deadline. The timer is not moved when a request completes: it fires at
+// a deadline that may have gone, finds nothing expired and re-arms for the
+// oldest request still pending; so a request pays for no timer operation.
+// The upstream reader never uses read deadlines: a deadline firing
+// mid-frame would lose framing state.
 func (m *mbConn) armTimerLocked(at time.Time) {
 	m.timerAt = at
 	d := time.Until(at)
@@ -693,31 +727,23 @@ func (m *mbConn) armTimerLocked(at time.Time) {
 func (m *mbConn) expire() {
 	now := time.Now()
 	m.mu.Lock()
+	m.timerAt = time.Time{}
 	expired := m.takeAllLocked(func(p *pending) bool { return !p.deadline.After(now) })
-	m.mu.Unlock()
-	if len(expired) > 0 {
-		m.h.l.metrics.upstreamError("timeout")
-		m.h.l.log.Info("upstream response timeout", zap.Uint64("conn", m.c.id), zap.Int("requests", len(expired)))
-	}
-	m.answerFailed(expired, modbus.ExGatewayTargetFailedToRespond)
-}
-
-// rearmLocked moves the timer to the oldest pending deadline, or stops it.
-func (m *mbConn) rearmLocked() {
-	if m.inflight == 0 {
-		if m.timer != nil {
-			m.timer.Stop()
-		}
-		m.timerAt = time.Time{}
-		return
-	}
 	var oldest time.Time
 	for i := range m.pend {
 		if p := &m.pend[i]; p.used && (oldest.IsZero() || p.deadline.Before(oldest)) {
 			oldest = p.deadline
 		}
 	}
-	m.armTimerLocked(oldest)
+	if !oldest.IsZero() {
+		m.armTimerLocked(oldest)
+	}
+	m.mu.Unlock()
+	if len(expired) > 0 {
+		m.h.l.metrics.upstreamError("timeout")
+		m.h.l.log.Info("upstream response timeout", zap.Uint64("conn", m.c.id), zap.Int("requests", len(expired)))
+	}
+	m.answerFailed(expired, modbus.ExGatewayTargetFailedToRespond)
 }
 
 func (m *mbConn) stopTimer() {

@@ -325,3 +325,51 @@ func TestBurstTransactionIDInFlightTwice(t *testing.T) {
 	_ = inspect.AccessRead
 	_ = policy.Decision{}
 }
+
+func TestRefreshIsCoarse(t *testing.T) {
+	now := time.Unix(1000, 0)
+	d := 5 * time.Minute
+	dl := refresh(time.Time{}, now, d)
+	if want := now.Add(d + time.Second); !dl.Equal(want) {
+		t.Fatalf("first deadline %v, want %v", dl, want)
+	}
+	// Within the slack nothing is set; past it, a new deadline.
+	if got := refresh(dl, now.Add(999*time.Millisecond), d); !got.IsZero() {
+		t.Errorf("refreshed after 999ms: %v", got)
+	}
+	if got := refresh(dl, now.Add(1001*time.Millisecond), d); got.IsZero() || got.Before(now.Add(1001*time.Millisecond+d)) {
+		t.Errorf("deadline after 1001ms: %v", got)
+	}
+	// Short timeouts get a proportional slack: never less than asked.
+	if got := refresh(time.Time{}, now, 200*time.Millisecond); !got.Equal(now.Add(225 * time.Millisecond)) {
+		t.Errorf("200ms timeout: deadline %v", got.Sub(now))
+	}
+}
+
+func TestResponseTimeoutOfALaterRequest(t *testing.T) {
+	// The device answers the first request only. The timer, armed for the
+	// first request's deadline, must still expire the second one at its
+	// own deadline, not earlier.
+	var mu sync.Mutex
+	first := true
+	dev := fakeDevice(t, func(req []byte, conn net.Conn) {
+		mu.Lock()
+		answer := first
+		first = false
+		mu.Unlock()
+		if answer {
+			conn.Write([]byte{req[0], req[1], 0, 0, 0, 5, req[6], req[7], 2, 0, 1})
+		}
+	})
+	l := startProxy(t, listenerConfig(t, dev, "    timeouts:\n      response: 300ms"), allowAll(), &batchRecorder{})
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 03 0000 0001")
+	c.expect("0001 0000 0005 01 03 02 0001")
+	time.Sleep(150 * time.Millisecond)
+	sent := time.Now()
+	c.send("0002 0000 0006 01 03 0000 0001")
+	c.expect("0002 0000 0003 01 83 0b")
+	if waited := time.Since(sent); waited < 300*time.Millisecond {
+		t.Errorf("gateway timeout after %v, before the 300ms response timeout", waited)
+	}
+}
