@@ -1,9 +1,11 @@
 package audit_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -278,5 +280,52 @@ func TestMultiRecordBatch(t *testing.T) {
 	audit.Multi().(audit.BatchRecorder).RecordBatch([]*audit.Event{modbusWrite(), modbusWrite()}, none)
 	if none[0] == nil || none[1] == nil {
 		t.Error("an empty Multi recorded a batch")
+	}
+}
+
+// Reopen without a rotation (the same file, e.g. after a truncation) finds
+// the partial line another writer left and starts the next batch on a new
+// line.
+func TestReopenSameFileTornTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s, err := audit.OpenFile(path, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record(modbusWrite()); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"event":{"sequence":99,"act`)
+	f.Close()
+	if err := s.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	ev := modbusWrite()
+	if err := s.Record(ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reopen(); err != nil { // not torn now: no blank line
+		t.Fatal(err)
+	}
+	if err := s.Record(modbusWrite()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	data, _ := os.ReadFile(path)
+	lines := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	if len(lines) != 4 {
+		t.Fatalf("%d lines:\n%s", len(lines), data)
+	}
+	if _, err := audittest.ParseLine(lines[1]); err == nil {
+		t.Error("the torn line parsed")
+	}
+	for _, i := range []int{0, 2, 3} {
+		if _, err := audittest.ParseLine(lines[i]); err != nil {
+			t.Errorf("line %d: %v", i+1, err)
+		}
 	}
 }

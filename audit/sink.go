@@ -112,7 +112,7 @@ type Sink struct {
 	wmu    sync.Mutex
 	t      target
 	torn   bool // the target ends in a partial line: start the next write with '\n'
-	reopen func() (target, bool, error)
+	reopen func() (target, error)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -130,6 +130,9 @@ type target interface {
 	// Rollback removes the last n bytes written (a failed batch), or says
 	// why it cannot.
 	Rollback(n int) error
+	// EndsTorn reports whether what is already there ends in a partial
+	// line.
+	EndsTorn() (bool, error)
 	Close() error
 }
 
@@ -476,21 +479,38 @@ func (s *Sink) fail(b *batch) {
 // Events already queued go to the new file. If the new file cannot be
 // opened, the sink keeps writing to the old one and Reopen returns the
 // error. For a writer sink Reopen does nothing.
+//
+// Writes go on while Reopen opens the new file and closes the old one:
+// only the swap holds the write lock. Opening may create a directory and
+// sync it, and closing may take long: ext4 writes out the delayed
+// allocations of a file that was truncated when a descriptor of it is
+// closed (auto_da_alloc), and with a busy trail that is hundreds of
+// megabytes, during which every audited request would wait.
 func (s *Sink) Reopen() error {
 	if s.reopen == nil {
 		return nil
 	}
+	t, err := s.reopen()
+	if err != nil {
+		return fmt.Errorf("audit: reopen %s: %w", s.name, err)
+	}
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	if s.t == nil {
+		s.wmu.Unlock()
+		_ = t.Close()
 		return ErrClosed
 	}
-	t, torn, err := s.reopen()
+	// Under the lock: no batch of ours is half written to the file (it
+	// may be the file we were writing, when it was not renamed).
+	torn, err := t.EndsTorn()
 	if err != nil {
+		s.wmu.Unlock()
+		_ = t.Close()
 		return fmt.Errorf("audit: reopen %s: %w", s.name, err)
 	}
 	old := s.t
 	s.t, s.torn = t, torn
+	s.wmu.Unlock()
 	// Every batch written to the old file was already synced when Fsync
 	// is set; closing it cannot lose an acknowledged event.
 	_ = old.Close()
@@ -559,6 +579,7 @@ var errStream = errors.New("cannot truncate a stream")
 func (t writerTarget) Write(p []byte) (int, error) { return t.w.Write(p) }
 func (t writerTarget) Sync() error                 { return nil }
 func (t writerTarget) Close() error                { return nil }
+func (t writerTarget) EndsTorn() (bool, error)     { return false, nil }
 func (t writerTarget) Rollback(n int) error {
 	if n == 0 {
 		return nil
