@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -383,5 +384,83 @@ func TestMaskedCacheKeyRandom(t *testing.T) {
 	// a key with another.
 	if collisions < 10000 {
 		t.Errorf("only %d repeated keys: the unread fields are in the key", collisions)
+	}
+}
+
+// The key decodes back to the document (the parts of it a policy reads),
+// value for value as astWriter builds it: what a reload evaluates to warm
+// the new version's cache.
+func TestDecodeKey(t *testing.T) {
+	reads := referenceVersion(t).reads
+	check := func(name string, in *Input) {
+		t.Helper()
+		doc, err := Document(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*readTree{nil, reads} {
+			var w keyWriter
+			w.reset(1<<20, r)
+			writeInput(&w, in)
+			got, err := decodeKey(w.buf)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if want := project(doc, r); ast.Compare(got, want) != 0 {
+				t.Fatalf("%s (reads %v):\n got %v\nwant %v", name, r, got, want)
+			}
+		}
+	}
+	for i, in := range richInputs() {
+		check(fmt.Sprintf("rich input %d", i), in)
+		// And with every mutation of it (other addresses, zones, times,
+		// nil identity, values of every type...).
+		total := 0
+		mutations(reflect.ValueOf(deepCopy(reflect.ValueOf(in)).Interface().(*Input)).Elem(), "Input",
+			func(string, func()) { total++ })
+		for n := range total {
+			c := deepCopy(reflect.ValueOf(in)).Interface().(*Input)
+			var name string
+			j := 0
+			mutations(reflect.ValueOf(c).Elem(), "Input", func(p string, f func()) {
+				if j == n {
+					name = p
+					f()
+				}
+				j++
+			})
+			if _, err := Document(c); err != nil {
+				continue
+			}
+			check(fmt.Sprintf("rich input %d %s", i, name), c)
+		}
+	}
+	for _, bad := range [][]byte{nil, {'{'}, {'{', 200, 's'}, {'x'}, {'s', 5, 'a'}, {'{', 0, 0}} {
+		if _, err := decodeKey(bad); err == nil {
+			t.Errorf("decodeKey(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCacheRecentFirst(t *testing.T) {
+	c := newDecisionCache(64)
+	for _, k := range []string{"a", "b", "c", "d"} {
+		c.put([]byte(k), outcome{reason: k})
+	}
+	if _, ok := c.get([]byte("b")); !ok {
+		t.Fatal("miss")
+	}
+	c.put([]byte("e"), outcome{reason: "e"})
+	c.get([]byte("a"))
+	// The clock ticks per insertion: a (hit after e's insertion) and e
+	// are the most recent, then b (hit after d's insertion) and d, then c.
+	got := c.recent(4)
+	slices.Sort(got[:2])
+	slices.Sort(got[2:])
+	if fmt.Sprint(got) != "[a e b d]" {
+		t.Errorf("recent(4) = %v, want [a e b d] (each pair in any order)", got)
+	}
+	if all := c.recent(100); len(all) != 5 {
+		t.Errorf("recent(100) = %v", all)
 	}
 }
