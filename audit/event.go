@@ -100,3 +100,25 @@ type Event struct {
 type Recorder interface {
 	Record(ev *Event) error
 }
+
+// BatchRecorder is a Recorder that can record several events with one wait
+// (Sink.RecordBatch).
+type BatchRecorder interface {
+	Recorder
+	// RecordBatch records evs in order and returns when all of them are
+	// written or failed; errs[i] (len(errs) == len(evs)) is the outcome
+	// of evs[i], as Record would have returned it.
+	RecordBatch(evs []*Event, errs []error)
+}
+
+// RecordBatch records evs with r: in one call when r is a BatchRecorder,
+// with one Record per event otherwise. errs[i] is the outcome of evs[i].
+func RecordBatch(r Recorder, evs []*Event, errs []error) {
+	if br, ok := r.(BatchRecorder); ok {
+		br.RecordBatch(evs, errs)
+		return
+	}
+	for i, ev := range evs {
+		errs[i] = r.Record(ev)
+	}
+}

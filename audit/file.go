@@ -29,42 +29,24 @@ func OpenFile(path string, opts Options) (*Sink, error) {
 	s := newSink(&fileTarget{f: f, w: f}, path, opts)
 	s.seq = seq
 	s.torn = torn
-	s.reopen = func() (target, bool, error) {
-		f, _, torn, err := openAuditFile(path, opts.Fsync)
+	s.reopen = func() (target, error) {
+		f, _, err := createOrOpen(path, os.O_RDWR, opts.Fsync)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		return &fileTarget{f: f, w: f}, torn, nil
+		return &fileTarget{f: f, w: f}, nil
 	}
-	go s.run()
 	return s, nil
 }
 
 // openAuditFile opens path for appending and reads the last sequence number
 // in it.
 func openAuditFile(path string, fsync bool) (f *os.File, seq uint64, torn bool, err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, 0, false, fmt.Errorf("audit: %w", err)
-	}
-	created := true
-	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		created = false
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	}
+	f, created, err := createOrOpen(path, os.O_WRONLY, fsync)
 	if err != nil {
-		return nil, 0, false, fmt.Errorf("audit: %w", err)
+		return nil, 0, false, err
 	}
 	if created {
-		if fsync {
-			// The new directory entry must survive a crash as much as
-			// the events written to the file.
-			if err := syncDir(dir); err != nil {
-				f.Close()
-				return nil, 0, false, fmt.Errorf("audit: sync directory of %s: %w", path, err)
-			}
-		}
 		return f, 0, false, nil
 	}
 	fi, err := f.Stat()
@@ -81,6 +63,33 @@ func openAuditFile(path string, fsync bool) (f *os.File, seq uint64, torn bool, 
 		return nil, 0, false, fmt.Errorf("audit: %s: %w", path, err)
 	}
 	return f, seq, torn, nil
+}
+
+// createOrOpen opens path for appending with access mode (os.O_WRONLY or
+// os.O_RDWR), creating it (and its directory) if needed.
+func createOrOpen(path string, mode int, fsync bool) (f *os.File, created bool, err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("audit: %w", err)
+	}
+	created = true
+	f, err = os.OpenFile(path, mode|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		created = false
+		f, err = os.OpenFile(path, mode|os.O_APPEND, 0)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("audit: %w", err)
+	}
+	if created && fsync {
+		// The new directory entry must survive a crash as much as the
+		// events written to the file.
+		if err := syncDir(dir); err != nil {
+			f.Close()
+			return nil, false, fmt.Errorf("audit: sync directory of %s: %w", path, err)
+		}
+	}
+	return f, created, nil
 }
 
 // maxTailScan bounds how far back lastSequence looks for the last event.
@@ -177,6 +186,23 @@ func (t *fileTarget) Rollback(n int) error {
 }
 
 func (t *fileTarget) Close() error { return t.f.Close() }
+
+// EndsTorn reads the file's last byte (Reopen opens it for reading and
+// writing): not a newline means a partial line.
+func (t *fileTarget) EndsTorn() (bool, error) {
+	fi, err := t.f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return false, nil
+	}
+	var last [1]byte
+	if _, err := t.f.ReadAt(last[:], fi.Size()-1); err != nil {
+		return false, err
+	}
+	return last[0] != '\n', nil
+}
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

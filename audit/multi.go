@@ -26,8 +26,50 @@ type ContextRecorder interface {
 // Each recorder assigns its own sequence number (event.sequence is per
 // file): after Record, ev.Seq is the last recorder's. ev.Time is set once,
 // by the first, so every copy has the same @timestamp.
+//
+// The returned recorder is also a BatchRecorder: each recorder gets the
+// events that every recorder before it wrote, in one batch when it is a
+// BatchRecorder itself.
 func Multi(rs ...Recorder) ContextRecorder {
 	return multi(append([]Recorder(nil), rs...))
+}
+
+var _ BatchRecorder = multi(nil)
+
+// RecordBatch records evs in every recorder, in order; an event that one
+// recorder failed is not given to the next, and errs[i] is its first error.
+func (m multi) RecordBatch(evs []*Event, errs []error) {
+	if len(m) == 0 {
+		for i := range errs {
+			errs[i] = errNoRecorders
+		}
+		return
+	}
+	clear(errs)
+	var sub []*Event
+	var subErrs, scratch []error
+	var idx []int
+	for n, r := range m {
+		sub, idx = sub[:0], idx[:0]
+		for i, ev := range evs {
+			if errs[i] == nil {
+				sub, idx = append(sub, ev), append(idx, i)
+			}
+		}
+		if len(sub) == 0 {
+			return
+		}
+		if cap(scratch) < len(sub) {
+			scratch = make([]error, len(sub))
+		}
+		subErrs = scratch[:len(sub)]
+		RecordBatch(r, sub, subErrs)
+		for j, err := range subErrs {
+			if err != nil {
+				errs[idx[j]] = fmt.Errorf("audit: recorder %d of %d: %w", n+1, len(m), err)
+			}
+		}
+	}
 }
 
 type multi []Recorder

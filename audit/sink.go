@@ -32,8 +32,9 @@ type Options struct {
 	// write(2). A batch that reached either bound takes no more events;
 	// Record then waits for the writer to take it (backpressure). At most
 	// two batches exist at a time, one being written and one filling, so
-	// a sink holds at most about 2 * MaxBatchBytes (plus one event) of
-	// encoded events. Defaults: DefaultMaxBatchBytes, DefaultMaxBatchEvents.
+	// a sink holds at most about 2 * MaxBatchBytes (plus one event, or one
+	// RecordBatch group, which is never split) of encoded events.
+	// Defaults: DefaultMaxBatchBytes, DefaultMaxBatchEvents.
 	MaxBatchBytes  int
 	MaxBatchEvents int
 	// Now is the clock for events without a Time; time.Now when nil.
@@ -63,10 +64,18 @@ func (s Stats) EventsPerWrite() float64 {
 
 // Sink is a Recorder that writes JSON lines to a file (OpenFile) or a
 // stream (NewWriter) with group commit: concurrent Record calls are encoded
-// into one batch, in the order of their sequence numbers, and one writer
-// goroutine writes the batch with a single write call (and fdatasync with
-// Options.Fsync). Every Record returns after its batch was written, or with
-// the error that prevented it.
+// into one batch, in the order of their sequence numbers, and the batch is
+// written with a single write call (and fdatasync with Options.Fsync).
+// Every Record returns after its batch was written, or with the error that
+// prevented it.
+//
+// There is no writer goroutine: the caller that finds no write in progress
+// writes its batch itself (the leader), so an uncontended Record costs no
+// goroutine hand-off at all. Callers that arrive during a write queue their
+// events in the next batch and wait; when the leader is done, it hands the
+// next batch to one of its callers, which writes it and hands on in turn.
+// One write at a time, batches in sequence order: file order is sequence
+// order.
 //
 // A failed batch (write error, short write, fdatasync error) fails every
 // Record in it, and no other. It is not retried: its callers deny their
@@ -89,22 +98,21 @@ type Sink struct {
 
 	// mu orders events: it guards the sequence number and the filling
 	// batch, so file order is sequence order.
-	mu     sync.Mutex
-	seq    uint64
-	cur    *batch
-	spare  []byte     // the buffer of the last written batch, for reuse
-	lost   *lostRange // failed events not yet reported by a notice
-	closed bool
-
-	kick   chan struct{} // wakes the writer when a batch gets its first event
-	exited chan struct{} // closed when the writer goroutine returns
+	mu      sync.Mutex
+	seq     uint64
+	cur     *batch
+	spare   []byte     // the buffer of the last written batch, for reuse
+	lost    *lostRange // failed events not yet reported by a notice
+	closed  bool
+	writing bool      // a batch is being written (or handed to its writer)
+	idle    sync.Cond // signalled when writing becomes false (Close waits)
 
 	// wmu guards the target: the writer holds it for a commit, Reopen and
 	// Close to swap or close the target.
 	wmu    sync.Mutex
 	t      target
 	torn   bool // the target ends in a partial line: start the next write with '\n'
-	reopen func() (target, bool, error)
+	reopen func() (target, error)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -122,6 +130,9 @@ type target interface {
 	// Rollback removes the last n bytes written (a failed batch), or says
 	// why it cannot.
 	Rollback(n int) error
+	// EndsTorn reports whether what is already there ends in a partial
+	// line.
+	EndsTorn() (bool, error)
 	Close() error
 }
 
@@ -134,10 +145,14 @@ type batch struct {
 	total  int // all events, the notice included
 	first  uint64
 	last   uint64
-	notice *lostRange    // the loss this batch's ActionAuditFailure event reports
-	taken  chan struct{} // closed when the writer takes the batch
-	done   chan struct{} // closed when err is final
+	notice *lostRange // the loss this batch's ActionAuditFailure event reports
 	err    error
+
+	// The channels are made (under Sink.mu, while the batch is filling)
+	// only for callers that wait: an uncontended Record needs none.
+	taken chan struct{} // closed when the batch stops filling (a full queue waits for it)
+	lead  chan struct{} // one token: the waiting caller that receives it writes the batch
+	done  chan struct{} // closed when err is final
 }
 
 // initialBatchCap is the first capacity of a batch buffer; buffers grow as
@@ -152,10 +167,9 @@ func newSink(t target, name string, opts Options) *Sink {
 		maxBytes:  opts.MaxBatchBytes,
 		maxEvents: opts.MaxBatchEvents,
 		name:      name,
-		kick:      make(chan struct{}, 1),
-		exited:    make(chan struct{}),
 		t:         t,
 	}
+	s.idle.L = &s.mu
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -176,7 +190,6 @@ func newSink(t target, name string, opts Options) *Sink {
 func NewWriter(w io.Writer, opts Options) *Sink {
 	s := newSink(writerTarget{w}, "writer", opts)
 	s.fsync = false
-	go s.run()
 	return s
 }
 
@@ -193,54 +206,94 @@ func (s *Sink) Record(ev *Event) error {
 // the outcome, so that an event in the trail is never one whose caller was
 // told it failed (or the reverse).
 func (s *Sink) RecordContext(ctx context.Context, ev *Event) error {
+	evs, errs := [1]*Event{ev}, [1]error{}
+	s.record(ctx, evs[:], errs[:])
+	return errs[0]
+}
+
+// RecordBatch records evs in this order, in one batch (a group is never
+// split across two writes), and returns when the batch was written: errs[i]
+// is the outcome of evs[i] (len(errs) must be len(evs)). Every event that
+// was encoded shares the batch's outcome; an event that could not be
+// encoded has its own error and is not in the trail. One wait instead of
+// len(evs): the proxy records the events of a pipelined burst of requests
+// together.
+func (s *Sink) RecordBatch(evs []*Event, errs []error) {
+	s.record(context.Background(), evs, errs)
+}
+
+func (s *Sink) record(ctx context.Context, evs []*Event, errs []error) {
 	s.mu.Lock()
 	for {
 		if s.closed {
 			s.mu.Unlock()
-			return ErrClosed
+			for i := range errs {
+				errs[i] = ErrClosed
+			}
+			return
 		}
 		if !s.full(s.cur) {
 			break
+		}
+		if s.cur.taken == nil {
+			s.cur.taken = make(chan struct{})
 		}
 		taken := s.cur.taken
 		s.mu.Unlock()
 		select {
 		case <-taken:
 		case <-ctx.Done():
-			return fmt.Errorf("audit: %s: queue full: %w", s.name, ctx.Err())
+			for i := range errs {
+				errs[i] = fmt.Errorf("audit: %s: queue full: %w", s.name, ctx.Err())
+			}
+			return
 		}
 		s.mu.Lock()
 	}
 	b := s.cur
-	wasEmpty := b.total == 0
 	if s.lost != nil {
 		s.appendNoticeLocked(b)
 	}
-	err := s.appendLocked(b, ev)
-	if err == nil {
-		b.events++
+	queued := 0
+	for i, ev := range evs {
+		errs[i] = s.appendLocked(b, ev)
+		if errs[i] == nil {
+			queued++
+		}
 	}
-	queued := b.total > 0 // the notice may be queued even if ev failed to encode
+	b.events += queued
+	// The notice may be queued even if no event could be encoded: it must
+	// be written all the same.
+	lead := !s.writing && b.total > 0
+	if lead {
+		s.writing = true
+		s.cur = s.newBatchLocked()
+	} else if queued > 0 && b.done == nil {
+		b.done, b.lead = make(chan struct{}), make(chan struct{}, 1)
+	}
 	s.mu.Unlock()
-	if wasEmpty && queued {
-		s.wake()
+	switch {
+	case lead:
+		closeIf(b.taken)
+		s.write(b)
+	case queued > 0:
+		select {
+		case <-b.done:
+		case <-b.lead:
+			s.write(b)
+		}
+	default:
+		return
 	}
-	if err != nil {
-		return err
+	for i := range errs {
+		if errs[i] == nil {
+			errs[i] = b.err
+		}
 	}
-	<-b.done
-	return b.err
 }
 
 func (s *Sink) full(b *batch) bool {
 	return b.total >= s.maxEvents || len(b.buf)-1 >= s.maxBytes
-}
-
-func (s *Sink) wake() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
 }
 
 // appendLocked gives ev the next sequence number and encodes it into b.
@@ -269,7 +322,7 @@ func (s *Sink) appendLocked(b *batch, ev *Event) error {
 }
 
 // appendNoticeLocked moves the unreported loss into an ActionAuditFailure
-// event in b. If b fails too, the writer puts the loss back (run).
+// event in b. If b fails too, its writer puts the loss back (write).
 func (s *Sink) appendNoticeLocked(b *batch) {
 	l := s.lost
 	ev := &Event{Action: ActionAuditFailure, Outcome: OutcomeFailure, Reason: l.Reason, lost: l}
@@ -294,29 +347,22 @@ func (s *Sink) newBatchLocked() *batch {
 	}
 	buf = buf[:1]
 	buf[0] = '\n'
-	return &batch{buf: buf, taken: make(chan struct{}), done: make(chan struct{})}
+	return &batch{buf: buf}
 }
 
-// run is the writer: it takes the filling batch, writes it, and reports the
-// result to the batch's callers, until the sink is closed and drained.
-func (s *Sink) run() {
-	defer close(s.exited)
-	for {
-		s.mu.Lock()
-		for s.cur.total == 0 {
-			if s.closed {
-				s.mu.Unlock()
-				return
-			}
-			s.mu.Unlock()
-			<-s.kick
-			s.mu.Lock()
-		}
-		b := s.cur
-		s.cur = s.newBatchLocked()
-		s.mu.Unlock()
-		close(b.taken)
+func closeIf(ch chan struct{}) {
+	if ch != nil {
+		close(ch)
+	}
+}
 
+// write writes b, which its caller took from s.cur with s.writing set, and
+// reports the result to the batch's callers. Then, if events queued up in
+// the meantime, it takes their batch and hands it to one of its callers
+// (who are waiting for it anyway), or writes it itself when no caller
+// waits for it (a notice alone); otherwise it clears s.writing.
+func (s *Sink) write(b *batch) {
+	for {
 		err := s.commit(b)
 
 		s.mu.Lock()
@@ -331,10 +377,32 @@ func (s *Sink) run() {
 			s.spare = b.buf
 		}
 		b.buf = nil
+		next := s.cur
+		if next.total == 0 {
+			next = nil
+			s.writing = false
+			s.idle.Broadcast()
+		} else {
+			s.cur = s.newBatchLocked()
+		}
 		s.mu.Unlock()
 
+		// b and next are no longer filling: their channels are final.
 		b.err = err
-		close(b.done)
+		if next == nil {
+			closeIf(b.done)
+			return
+		}
+		closeIf(next.taken)
+		if next.events > 0 {
+			// Its callers wait (they made next.lead): one of them
+			// writes it. The send never blocks: it is the one token.
+			next.lead <- struct{}{}
+			closeIf(b.done)
+			return
+		}
+		closeIf(b.done)
+		b = next
 	}
 }
 
@@ -411,21 +479,38 @@ func (s *Sink) fail(b *batch) {
 // Events already queued go to the new file. If the new file cannot be
 // opened, the sink keeps writing to the old one and Reopen returns the
 // error. For a writer sink Reopen does nothing.
+//
+// Writes go on while Reopen opens the new file and closes the old one:
+// only the swap holds the write lock. Opening may create a directory and
+// sync it, and closing may take long: ext4 writes out the delayed
+// allocations of a file that was truncated when a descriptor of it is
+// closed (auto_da_alloc), and with a busy trail that is hundreds of
+// megabytes, during which every audited request would wait.
 func (s *Sink) Reopen() error {
 	if s.reopen == nil {
 		return nil
 	}
+	t, err := s.reopen()
+	if err != nil {
+		return fmt.Errorf("audit: reopen %s: %w", s.name, err)
+	}
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	if s.t == nil {
+		s.wmu.Unlock()
+		_ = t.Close()
 		return ErrClosed
 	}
-	t, torn, err := s.reopen()
+	// Under the lock: no batch of ours is half written to the file (it
+	// may be the file we were writing, when it was not renamed).
+	torn, err := t.EndsTorn()
 	if err != nil {
+		s.wmu.Unlock()
+		_ = t.Close()
 		return fmt.Errorf("audit: reopen %s: %w", s.name, err)
 	}
 	old := s.t
 	s.t, s.torn = t, torn
+	s.wmu.Unlock()
 	// Every batch written to the old file was already synced when Fsync
 	// is set; closing it cannot lose an acknowledged event.
 	_ = old.Close()
@@ -438,12 +523,25 @@ func (s *Sink) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		// Whatever is queued is written by the writer in progress, which
+		// hands on until nothing is left.
+		for s.writing {
+			s.idle.Wait()
+		}
+		// A loss not yet reported (the last batch failed) is, now.
 		if s.lost != nil {
 			s.appendNoticeLocked(s.cur)
 		}
+		b := s.cur
+		if b.total > 0 {
+			s.writing = true
+			s.cur = s.newBatchLocked()
+		}
 		s.mu.Unlock()
-		s.wake()
-		<-s.exited
+		if b.total > 0 {
+			closeIf(b.taken)
+			s.write(b)
+		}
 
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
@@ -481,6 +579,7 @@ var errStream = errors.New("cannot truncate a stream")
 func (t writerTarget) Write(p []byte) (int, error) { return t.w.Write(p) }
 func (t writerTarget) Sync() error                 { return nil }
 func (t writerTarget) Close() error                { return nil }
+func (t writerTarget) EndsTorn() (bool, error)     { return false, nil }
 func (t writerTarget) Rollback(n int) error {
 	if n == 0 {
 		return nil
@@ -488,4 +587,4 @@ func (t writerTarget) Rollback(n int) error {
 	return errStream
 }
 
-var _ Recorder = (*Sink)(nil)
+var _ BatchRecorder = (*Sink)(nil)

@@ -530,14 +530,16 @@ func (h *harness) scaleRuns() error {
 	o := h.opt
 	sc := scenario{Key: "scale", Title: fmt.Sprintf("%d connections, depth 1, 20 %% writes", o.scale), Conns: o.scale, Depth: 1, WriteFrac: 0.2, dur: o.duration}
 	h.report.ScaleScenario = sc
-	h.logf("scale: %d connections doing work", o.scale)
 	sr := &ScaleResult{}
-	for _, t := range h.targets {
-		rec, err := h.measure(sc, t, 1, 0, nil)
-		if err != nil {
-			return err
+	if o.scale > 0 { // -scale 0: the held-open connections only
+		h.logf("scale: %d connections doing work", o.scale)
+		for _, t := range h.targets {
+			rec, err := h.measure(sc, t, 1, 0, nil)
+			if err != nil {
+				return err
+			}
+			sr.Work = append(sr.Work, rec)
 		}
-		sr.Work = append(sr.Work, rec)
 	}
 	h.report.Scale = sr
 	devAddr := h.targets[0].Addr

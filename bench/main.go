@@ -75,7 +75,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured period of a saturation run")
 	fs.DurationVar(&o.latDur, "latency-duration", 15*time.Second, "measured period of a fixed-rate run")
 	fs.Float64Var(&o.rate, "rate", 2000, "request rate of the fixed-rate scenario")
-	fs.IntVar(&o.scale, "scale", 1000, "connections doing work in the scale scenario")
+	fs.IntVar(&o.scale, "scale", 1000, "connections doing work in the scale scenario (0: only the held-open connections)")
 	fs.IntVar(&o.hold, "hold", 10000, "idle connections held open in the scale scenario")
 	fs.IntVar(&o.primed, "primed", 5000, "connections held open after one request each (an upstream connection each)")
 	fs.DurationVar(&o.reload, "reload-duration", 12*time.Second, "measured period of a reload run")

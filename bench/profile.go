@@ -118,13 +118,15 @@ var rules = []rule{
 	{"allocation (mallocgc, GC assist)", func(st []string) bool {
 		return has(st, "runtime.mallocgc", "runtime.gcAssistAlloc", "runtime.newobject", "runtime.makeslice", "runtime.growslice")
 	}},
-	// Most specific first: the write to the device happens inside the
-	// request reader, the write to the client inside the response reader.
+	// Most specific first: the audit write happens inside the request
+	// reader (the sink has no writer goroutine: the caller writes), the
+	// write to the device too, the write to the client inside either
+	// reader.
+	{"audit write(2) (+ fdatasync)", func(st []string) bool { return has(st, "audit.(*Sink).commit") }},
 	{"write(2) to the device", func(st []string) bool { return inIO(st) && has(st, "(*mbConn).forward") }},
 	{"write(2) to the client", func(st []string) bool { return inIO(st) && has(st, "(*Conn).writeClient") }},
 	{"read(2) from the device", func(st []string) bool { return inIO(st) && has(st, "(*mbConn).readResponses") }},
 	{"read(2) from the client", func(st []string) bool { return inIO(st) && has(st, "(*mbConn).readRequests") }},
-	{"audit write(2) (+ fdatasync)", func(st []string) bool { return has(st, "audit.(*Sink).commit") }},
 	{"TLS records: encrypt, decrypt", func(st []string) bool {
 		return has(st, "crypto/", "tls.(*halfConn)", "tls.(*Conn).readRecord", "tls.(*Conn).writeRecord")
 	}},

@@ -25,8 +25,11 @@ type version struct {
 	// calls a non-deterministic built-in (listed in nondeterministic).
 	cache            *decisionCache
 	nondeterministic []string
-	decisionRules    map[string]bool // locations (file:row:col) of the rules defining Query
-	tests            int             // Rego tests that passed before this version was accepted
+	// reads is what the policy can read of the input document (nil: all
+	// of it); the cache key leaves the rest out.
+	reads         *readTree
+	decisionRules map[string]bool // locations (file:row:col) of the rules defining Query
+	tests         int             // Rego tests that passed before this version was accepted
 }
 
 var (
@@ -92,6 +95,7 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 		query:            pq,
 		nondeterministic: nondeterministicBuiltins(c),
 		decisionRules:    decisionRules,
+		reads:            inputReads(c),
 	}
 	if cacheSize >= 0 && len(v.nondeterministic) == 0 {
 		if cacheSize == 0 {

@@ -89,8 +89,12 @@ type ReloadEvent struct {
 	Previous string   // revision that decided before ("" at start)
 	Files    []string // files of the attempted version
 
-	Tests            int      // Rego tests passed (0 with RunTests off)
-	CacheEnabled     bool     // decisions of this version are cached
+	Tests        int  // Rego tests passed (0 with RunTests off)
+	CacheEnabled bool // decisions of this version are cached
+	// Warmed is how many of the previous version's most recently used
+	// cached inputs this version decided before it took over (see
+	// Engine.Reload), so that their first requests after the swap hit.
+	Warmed           int
 	Nondeterministic []string // built-ins that disabled the cache
 	Duration         time.Duration
 }
@@ -187,7 +191,47 @@ func (e *Engine) Stats() Stats {
 // RunTests) its tests pass. On failure the running version keeps deciding
 // and the error says why (file:line, failing tests). The command calls it
 // on SIGHUP.
+//
+// All of it runs on the caller's goroutine while the running version keeps
+// deciding, and ends, before the swap, with a warm-up: the new version
+// decides the inputs the old version's cache holds, the most recently used
+// first (at most warmKeys, within warmBudget), so that the first requests
+// after the swap hit its cache instead of all missing at once.
 func (e *Engine) Reload(ctx context.Context) error { return e.reload(ctx, TriggerReload) }
+
+// Bounds of the warm-up of a new version's cache.
+const (
+	warmKeys   = 2000
+	warmBudget = 250 * time.Millisecond
+)
+
+// warm decides the most recently used inputs of old's cache with v and
+// caches the outcomes in v's cache. The cache keys are decoded back into
+// documents (decodeKey), which needs both versions to read the same parts
+// of the input: a key holds only what its version reads.
+func (e *Engine) warm(ctx context.Context, old, v *version) int {
+	if old == nil || old.cache == nil || v.cache == nil || !old.reads.equal(v.reads) {
+		return 0
+	}
+	deadline := time.Now().Add(warmBudget)
+	n := 0
+	for _, key := range old.cache.recent(warmKeys) {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			break
+		}
+		doc, err := decodeKey([]byte(key))
+		if err != nil {
+			continue
+		}
+		o, err := e.eval(ctx, v, doc)
+		if err != nil {
+			continue // errors are never cached
+		}
+		v.cache.put([]byte(key), o)
+		n++
+	}
+	return n
+}
 
 func (e *Engine) reload(ctx context.Context, trigger string) error {
 	e.reloadMu.Lock()
@@ -235,6 +279,7 @@ func (e *Engine) reload(ctx context.Context, trigger string) error {
 		}
 		v.tests, ev.Tests = pass, pass
 	}
+	ev.Warmed = e.warm(ctx, prev, v)
 	e.cur.Store(v)
 	ev.Running = v.revision
 	return report(nil)
@@ -261,7 +306,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (d Decision) {
 	if v.cache != nil {
 		key = keyWriterPool.Get().(*keyWriter)
 		defer keyWriterPool.Put(key)
-		key.reset(maxKeyLen)
+		key.reset(maxKeyLen, v.reads)
 		writeInput(key, in)
 		if key.ok() {
 			if o, hit := v.cache.get(key.buf); hit {

@@ -19,7 +19,8 @@ import (
 // astWriter builds the ast.Value OPA evaluates (no map→JSON→AST round trip),
 // keyWriter builds the canonical byte key of the decision cache. Because both
 // are fed by the same calls, the cache key covers exactly what the policy can
-// see: two inputs with the same key have the same document.
+// see: two inputs with the same key have the same document, or, for a policy
+// that never reads some fields (readTree), documents that differ only there.
 
 // field is one object key of the input document, with its AST term built
 // once. id numbers it in cache keys.

@@ -2,10 +2,12 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/pki"
+	"github.com/conduit-ot/conduit/rules"
 )
 
 // The decision cache is only correct if two inputs with the same key have
@@ -21,7 +24,7 @@ import (
 
 func keyOf(in *Input) ([]byte, bool) {
 	var w keyWriter
-	w.reset(1 << 20)
+	w.reset(1<<20, nil)
 	writeInput(&w, in)
 	return bytes.Clone(w.buf), w.ok()
 }
@@ -287,5 +290,177 @@ func TestCacheKeyRandom(t *testing.T) {
 	}
 	if collisions == 0 {
 		t.Error("no repeated key: the domain is too large to test anything")
+	}
+}
+
+// referenceVersion compiles the embedded reference policy.
+func referenceVersion(t *testing.T) *version {
+	t.Helper()
+	snap, err := Source{Path: "rules", FS: rules.FS}.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := compile(context.Background(), snap, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestReferenceReads(t *testing.T) {
+	// What the reference policy reads of the input document; the cache
+	// key leaves out the rest: client.port above all, and upstream,
+	// operation.name, opcua.type_id and opcua.nodes.
+	want := "client.address, client.identity, listener, modbus, opcua.calls, opcua.client_certificate, " +
+		"opcua.opaque, opcua.security_mode, opcua.security_policy, opcua.service, opcua.session, " +
+		"opcua.writes, operation.access, protocol"
+	if got := referenceVersion(t).reads.String(); got != want {
+		t.Errorf("reads\n got %s\nwant %s", got, want)
+	}
+}
+
+// project keeps of doc what reads covers, as the masked key does.
+func project(doc ast.Value, reads *readTree) ast.Value {
+	obj, ok := doc.(ast.Object)
+	if reads == nil || reads.all || !ok {
+		return doc
+	}
+	out := ast.NewObject()
+	obj.Foreach(func(k, v *ast.Term) {
+		f := fieldNamed(string(k.Value.(ast.String)))
+		if f == nil {
+			out.Insert(k, v)
+			return
+		}
+		if n := reads.kid(f.id); n != nil {
+			out.Insert(k, ast.NewTerm(project(v.Value, n)))
+		}
+	})
+	return out
+}
+
+func TestMaskedCacheKeyRandom(t *testing.T) {
+	reads := referenceVersion(t).reads
+	r := rand.New(rand.NewPCG(3, 4))
+	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
+	seen := map[string]ast.Value{}
+	collisions := 0
+	var w keyWriter
+	for range 20000 {
+		m := inspect.Modbus{
+			Unit: uint8(r.IntN(2)), Function: uint8([]int{3, 16, 8}[r.IntN(3)]),
+			Table: inspect.Table(r.IntN(5)), Address: uint16(r.IntN(2)), Quantity: uint16(r.IntN(2)),
+		}
+		for range r.IntN(2) {
+			m.Values = append(m.Values, uint16(r.IntN(2)))
+		}
+		in := &Input{
+			Protocol: inspect.ProtocolModbus, Listener: pick("a", "b"), Upstream: pick("", "x", "y"),
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, byte(r.IntN(2))}), uint16(r.IntN(1000))),
+			Op:     &inspect.Operation{Protocol: inspect.ProtocolModbus, Access: inspect.Access(r.IntN(4)), Name: pick("n", "m"), Modbus: m},
+		}
+		if r.IntN(4) == 0 {
+			in.Identity = &pki.Identity{CommonName: pick("a", "b"), Serial: pick("1", "2")}
+		}
+		doc, err := Document(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.reset(1<<20, reads)
+		writeInput(&w, in)
+		if !w.ok() || w.skip != 0 || len(w.stack) != 0 {
+			t.Fatalf("key writer state after a document: ok %v, skip %d, stack %d", w.ok(), w.skip, len(w.stack))
+		}
+		proj := project(doc, reads)
+		if prev, dup := seen[string(w.buf)]; dup {
+			collisions++
+			if ast.Compare(prev, proj) != 0 {
+				t.Fatalf("same key, different documents where the policy reads:\n%v\n%v", prev, proj)
+			}
+		}
+		seen[string(w.buf)] = proj
+	}
+	// Ports, upstreams and names vary but are not read: most inputs share
+	// a key with another.
+	if collisions < 10000 {
+		t.Errorf("only %d repeated keys: the unread fields are in the key", collisions)
+	}
+}
+
+// The key decodes back to the document (the parts of it a policy reads),
+// value for value as astWriter builds it: what a reload evaluates to warm
+// the new version's cache.
+func TestDecodeKey(t *testing.T) {
+	reads := referenceVersion(t).reads
+	check := func(name string, in *Input) {
+		t.Helper()
+		doc, err := Document(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*readTree{nil, reads} {
+			var w keyWriter
+			w.reset(1<<20, r)
+			writeInput(&w, in)
+			got, err := decodeKey(w.buf)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if want := project(doc, r); ast.Compare(got, want) != 0 {
+				t.Fatalf("%s (reads %v):\n got %v\nwant %v", name, r, got, want)
+			}
+		}
+	}
+	for i, in := range richInputs() {
+		check(fmt.Sprintf("rich input %d", i), in)
+		// And with every mutation of it (other addresses, zones, times,
+		// nil identity, values of every type...).
+		total := 0
+		mutations(reflect.ValueOf(deepCopy(reflect.ValueOf(in)).Interface().(*Input)).Elem(), "Input",
+			func(string, func()) { total++ })
+		for n := range total {
+			c := deepCopy(reflect.ValueOf(in)).Interface().(*Input)
+			var name string
+			j := 0
+			mutations(reflect.ValueOf(c).Elem(), "Input", func(p string, f func()) {
+				if j == n {
+					name = p
+					f()
+				}
+				j++
+			})
+			if _, err := Document(c); err != nil {
+				continue
+			}
+			check(fmt.Sprintf("rich input %d %s", i, name), c)
+		}
+	}
+	for _, bad := range [][]byte{nil, {'{'}, {'{', 200, 's'}, {'x'}, {'s', 5, 'a'}, {'{', 0, 0}} {
+		if _, err := decodeKey(bad); err == nil {
+			t.Errorf("decodeKey(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCacheRecentFirst(t *testing.T) {
+	c := newDecisionCache(64)
+	for _, k := range []string{"a", "b", "c", "d"} {
+		c.put([]byte(k), outcome{reason: k})
+	}
+	if _, ok := c.get([]byte("b")); !ok {
+		t.Fatal("miss")
+	}
+	c.put([]byte("e"), outcome{reason: "e"})
+	c.get([]byte("a"))
+	// The clock ticks per insertion: a (hit after e's insertion) and e
+	// are the most recent, then b (hit after d's insertion) and d, then c.
+	got := c.recent(4)
+	slices.Sort(got[:2])
+	slices.Sort(got[2:])
+	if fmt.Sprint(got) != "[a e b d]" {
+		t.Errorf("recent(4) = %v, want [a e b d] (each pair in any order)", got)
+	}
+	if all := c.recent(100); len(all) != 5 {
+		t.Errorf("recent(100) = %v", all)
 	}
 }

@@ -164,11 +164,19 @@ func (w *astWriter) fail(err error) {
 // length-prefixed or fixed-size payload; inside objects each value is
 // preceded by its field id (dynamic keys are spelled out), and an object ends
 // with the id 0. Keys longer than maxKeyLen are not cached (overflow).
+//
+// With reads set (the version's readTree), the fields the policy never
+// reads are left out, subtrees included: two documents that differ only in
+// them get the same key, and the same decision.
 type keyWriter struct {
 	buf      []byte
 	max      int
 	overflow bool
 	err      error
+
+	reads *readTree   // nil: key on the whole document
+	stack []*readTree // per open container: what is read of it (nil: all)
+	skip  int         // > 0: inside a container that is not read, this deep
 }
 
 const (
@@ -176,8 +184,66 @@ const (
 	keyDynamicKey = 0xFE
 )
 
-func (w *keyWriter) reset(max int) {
+func (w *keyWriter) reset(max int, reads *readTree) {
 	w.buf, w.max, w.overflow, w.err = w.buf[:0], max, false, nil
+	w.reads, w.stack, w.skip = reads, w.stack[:0], 0
+}
+
+// keep reports whether the value of field k in the current container goes
+// into the key. Array elements and keys that are not fixed fields (inside
+// OPC UA values) are kept whenever their container is.
+func (w *keyWriter) keep(k *field) bool {
+	if w.skip > 0 {
+		return false
+	}
+	if len(w.stack) == 0 || k == nil || k.id == 0 {
+		return true
+	}
+	n := w.stack[len(w.stack)-1]
+	return n == nil || n.kid(k.id) != nil
+}
+
+// begin opens an object or array.
+func (w *keyWriter) begin(k *field, tag byte) {
+	if w.reads == nil {
+		w.emit(k, tag)
+		return
+	}
+	if w.skip > 0 {
+		w.skip++
+		return
+	}
+	n := w.reads // the root
+	if len(w.stack) > 0 {
+		n = w.stack[len(w.stack)-1]
+		if n != nil && k != nil && k.id != 0 {
+			if n = n.kid(k.id); n == nil {
+				w.skip = 1 // not read: leave it out, with everything in it
+				return
+			}
+		} else {
+			n = nil
+		}
+	}
+	if n != nil && n.all {
+		n = nil
+	}
+	w.stack = append(w.stack, n)
+	w.emit(k, tag)
+}
+
+// end closes what begin opened.
+func (w *keyWriter) end(tag byte) {
+	if w.reads != nil {
+		if w.skip > 0 {
+			w.skip--
+			return
+		}
+		w.stack = w.stack[:len(w.stack)-1]
+	}
+	if w.room(1) {
+		w.buf = append(w.buf, tag)
+	}
 }
 
 // ok reports whether the key is complete and usable.
@@ -195,7 +261,17 @@ func (w *keyWriter) room(n int) bool {
 	return true
 }
 
+// key starts a scalar value: false when it is left out of the key, or
+// does not fit.
 func (w *keyWriter) key(k *field, tag byte) bool {
+	if w.reads != nil && !w.keep(k) {
+		return false
+	}
+	return w.emit(k, tag)
+}
+
+// emit writes the field id (or the spelled-out key) and the tag.
+func (w *keyWriter) emit(k *field, tag byte) bool {
 	if k == nil {
 		if !w.room(1) {
 			return false
@@ -220,20 +296,10 @@ func (w *keyWriter) key(k *field, tag byte) bool {
 	return true
 }
 
-func (w *keyWriter) beginObject(k *field) { w.key(k, '{') }
-func (w *keyWriter) beginArray(k *field)  { w.key(k, '[') }
-
-func (w *keyWriter) endObject() {
-	if w.room(1) {
-		w.buf = append(w.buf, keyEndObject)
-	}
-}
-
-func (w *keyWriter) endArray() {
-	if w.room(1) {
-		w.buf = append(w.buf, ']')
-	}
-}
+func (w *keyWriter) beginObject(k *field) { w.begin(k, '{') }
+func (w *keyWriter) beginArray(k *field)  { w.begin(k, '[') }
+func (w *keyWriter) endObject()           { w.end(keyEndObject) }
+func (w *keyWriter) endArray()            { w.end(']') }
 
 func (w *keyWriter) str(k *field, s string) {
 	if w.key(k, 's') && w.room(binary.MaxVarintLen64+len(s)) {

@@ -35,6 +35,7 @@ type Conn struct {
 	reason    atomic.Pointer[string]
 
 	wmu sync.Mutex // serializes writes to the client
+	wdl time.Time  // the client write deadline last set (under wmu)
 
 	upMu     sync.Mutex
 	upstream net.Conn
@@ -91,10 +92,16 @@ func (c *Conn) closedReason() string {
 // request reader (refusals) and the response reader (answers), so they are
 // serialized; a client that stops reading is cut off after the response
 // timeout instead of blocking the connection forever.
+//
+// The deadline is refreshed coarsely (see refresh): a write that blocks is
+// cut off after between one and 1.125 response timeouts.
 func (c *Conn) writeClient(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.client.SetWriteDeadline(time.Now().Add(c.l.cfg.Timeouts.Response.D()))
+	if dl := refresh(c.wdl, time.Now(), c.l.cfg.Timeouts.Response.D()); !dl.IsZero() {
+		c.client.SetWriteDeadline(dl)
+		c.wdl = dl
+	}
 	_, err := c.client.Write(b)
 	return err
 }
@@ -160,6 +167,16 @@ func (c *Conn) dropUpstream(up net.Conn) {
 // the event. The error matters to the caller only before a forward: a
 // failed audit write denies the operation.
 func (c *Conn) record(ev *audit.Event) error {
+	c.stamp(ev)
+	err := c.l.opts.Recorder.Record(ev)
+	if err != nil {
+		c.auditFailed(ev, err)
+	}
+	return err
+}
+
+// stamp fills the fields every event of this connection shares.
+func (c *Conn) stamp(ev *audit.Event) {
 	l := c.l
 	ev.Listener = l.cfg.Name
 	ev.ConnID = c.id
@@ -168,10 +185,10 @@ func (c *Conn) record(ev *audit.Event) error {
 	ev.Protocol = l.cfg.Protocol
 	ev.Identity = c.identity
 	ev.TLSVersion = c.tlsVersion
-	err := l.opts.Recorder.Record(ev)
-	if err != nil {
-		l.metrics.auditFails.Inc()
-		l.log.Error("audit write failed", zap.Uint64("conn", c.id), zap.String("action", ev.Action), zap.Error(err))
-	}
-	return err
+}
+
+// auditFailed counts and logs an event that could not be written.
+func (c *Conn) auditFailed(ev *audit.Event, err error) {
+	c.l.metrics.auditFails.Inc()
+	c.l.log.Error("audit write failed", zap.Uint64("conn", c.id), zap.String("action", ev.Action), zap.Error(err))
 }

@@ -225,7 +225,15 @@ func (l *Listener) handle(raw net.Conn) {
 		tc.SetKeepAlivePeriod(30 * time.Second)
 	}
 	if l.tls != nil {
-		if !l.handshake(c, raw) {
+		// The handshake runs on a goroutine of its own: signature checks
+		// and certificate parsing grow a goroutine's stack to tens of KiB,
+		// which this goroutine, serving the connection for hours, would
+		// keep (Go shrinks stacks only by halves, one per garbage
+		// collection). The handshake's stack goes back to the runtime for
+		// the next handshake instead.
+		ok := make(chan bool, 1)
+		go func() { ok <- l.handshake(c, raw) }()
+		if !<-ok {
 			return
 		}
 	}

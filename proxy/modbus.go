@@ -26,11 +26,33 @@ import (
 // connection, reads device responses, pairs each with its request by
 // transaction id, validates it against that request and forwards it
 // re-encoded. Requests are pipelined: up to max_outstanding may be in flight.
+//
+// Both sides work in bursts: when one read brought several whole frames
+// (a pipelining client, a device answering several requests at once),
+// every frame of the burst is handled before the next read, and what goes
+// out is written once. A burst of requests is decided request by request,
+// its audit events are recorded together (one wait for the audit trail,
+// audit.RecordBatch), then the allowed requests go to the device in one
+// write and the refusals to the client in another. Nothing changes for a
+// single request: each one still has its own decision, audit event and
+// answer; a denied one is never forwarded; an allowed one is forwarded only
+// after its event was written, and is refused if that failed.
 type modbusHandler struct {
 	l *Listener
 }
 
 func newModbusHandler(l *Listener) *modbusHandler { return &modbusHandler{l: l} }
+
+// framerSize is the read buffer of each side's framer: room for a burst of
+// dozens of small requests or responses (a maximal ADU is 260 bytes), an
+// eighth of the Framer's default, which matters with thousands of mostly
+// idle connections.
+const framerSize = 512
+
+// maxBurst bounds the requests handled before their events are recorded
+// and they are forwarded: it bounds the memory of a connection's burst
+// (about 0.5 KiB a request) and how long the first of them waits.
+const maxBurst = 32
 
 // pending is a forwarded request waiting for its response. The request ADU
 // is copied in, so the client framer can move on.
@@ -42,6 +64,21 @@ type pending struct {
 	adu      [modbus.MaxADULen]byte
 }
 
+// mbRequest is one request of a burst, from its decoding until it was
+// forwarded or refused. req.Data aliases the client framer's buffer, which
+// does not move during a burst (the framer reads only when it has no whole
+// frame left).
+type mbRequest struct {
+	req modbus.Request
+	op  inspect.Operation
+	ev  audit.Event
+	// What happens once the event is recorded: forward (allowed), or
+	// answer with exception code (refuse != 0), or nothing (drop).
+	forward bool
+	refuse  uint8
+	adu     []byte // forwarded: the re-encoded request, in toDev
+}
+
 // mbConn is the per-connection state of the Modbus handler.
 type mbConn struct {
 	h *modbusHandler
@@ -49,26 +86,42 @@ type mbConn struct {
 
 	// Request path (client reader goroutine only).
 	framer *modbus.Framer
-	req    modbus.Request
-	op     inspect.Operation
 	in     policy.Input
-	ev     audit.Event
-	out    []byte // scratch for encoded frames to the client or device
+	burst  []mbRequest // grows to the deepest burst seen
+	evs    []*audit.Event
+	errs   []error
+	toDev  []byte    // the burst's re-encoded requests, one write
+	toCli  []byte    // the burst's refusals, one write
+	readDL time.Time // the client read (idle) deadline last set
+	upDL   time.Time // the upstream write deadline last set
+	dlUp   net.Conn  // the upstream connection upDL is for
+	// end is set by a request after which the connection ends: it is
+	// acted on once the burst before it is recorded and forwarded.
+	end struct {
+		reason    string
+		malformed *modbus.FramingError
+		frame     []byte
+		reset     bool
+	}
 
 	mu       sync.Mutex // guards everything below
-	pend     []pending  // allocated on the first forward
-	inflight int
-	up       net.Conn
-	timer    *time.Timer // fires at the oldest pending deadline
-	idle     chan struct{}
+	pend     []pending  // grows to the requests in flight
+	inflight int        // forwarded, waiting for the device (used pend slots)
+	// answering counts requests paired with their response (or expired,
+	// or failed) whose answer is not yet written to the client: a drain
+	// or half-close waits for them too.
+	answering int
+	up        net.Conn
+	timer     *time.Timer // expires pending requests
+	timerAt   time.Time   // when timer fires; zero: stopped
+	idle      chan struct{}
 }
 
 func (h *modbusHandler) serve(c *Conn) string {
 	m := &mbConn{
 		h:      h,
 		c:      c,
-		framer: modbus.NewFramer(c.client),
-		out:    make([]byte, 0, modbus.MaxADULen),
+		framer: modbus.NewFramerSize(c.client, framerSize),
 	}
 	m.in = policy.Input{
 		Protocol: inspect.ProtocolModbus,
@@ -76,11 +129,26 @@ func (h *modbusHandler) serve(c *Conn) string {
 		Upstream: h.l.cfg.Upstream,
 		Client:   c.src,
 		Identity: c.identity,
-		Op:       &m.op,
 	}
 	reason := m.readRequests()
 	m.stopTimer()
 	return reason
+}
+
+// coarse is how much later than asked a deadline may be set, so that it is
+// refreshed at most once per that period instead of once per frame: setting
+// a deadline re-arms a runtime timer. A deadline so set fires between d and
+// d + d/8 (at most one second more).
+func coarse(d time.Duration) time.Duration { return min(d/8, time.Second) }
+
+// refresh returns the deadline to set for a timeout of d from now, or the
+// zero time when the one set (at) is still late enough.
+func refresh(at, now time.Time, d time.Duration) time.Time {
+	want := now.Add(d)
+	if !at.Before(want) {
+		return time.Time{}
+	}
+	return want.Add(coarse(d))
 }
 
 // readRequests is the client side loop; it returns the reason the
@@ -93,15 +161,40 @@ func (m *mbConn) readRequests() string {
 			m.waitIdle()
 			return "drained for shutdown"
 		}
-		c.client.SetReadDeadline(time.Now().Add(idle))
+		if m.framer.Buffered() == 0 {
+			if dl := refresh(m.readDL, time.Now(), idle); !dl.IsZero() {
+				c.client.SetReadDeadline(dl)
+				m.readDL = dl
+				// startDrain's immediate deadline must not be lost.
+				if c.draining() {
+					continue
+				}
+			}
+		}
 		adu, err := m.framer.Next()
 		if err != nil {
 			return m.readError(err)
 		}
-		if reason, ok := m.handleRequest(adu); !ok {
-			return reason
+		m.burst = m.burst[:0]
+		more := m.take(adu)
+		for more && len(m.burst) < maxBurst && m.whole() {
+			adu, _ = m.framer.Next() // a whole frame is buffered: no read, no error
+			more = m.take(adu)
+		}
+		if !m.flush() {
+			return ""
+		}
+		if !more {
+			return m.ended()
 		}
 	}
+}
+
+// whole reports whether the client framer holds a whole frame: then Next
+// returns it without reading.
+func (m *mbConn) whole() bool {
+	n, err := modbus.FrameLength(m.framer.Pending())
+	return n > 0 && err == nil
 }
 
 func (m *mbConn) readError(err error) string {
@@ -127,19 +220,41 @@ func (m *mbConn) readError(err error) string {
 	return "client read error: " + err.Error()
 }
 
-// handleRequest enforces one framed request. ok is false when the connection
-// must end.
-func (m *mbConn) handleRequest(adu []byte) (reason string, ok bool) {
-	c, l := m.c, m.h.l
-	m.op.Reset()
-	if _, err := m.req.Decode(adu); err != nil {
+// ended acts on m.end once the burst before it is done, and returns the
+// reason the connection ends.
+func (m *mbConn) ended() string {
+	e := &m.end
+	switch {
+	case e.malformed != nil:
+		m.malformed("client", e.malformed.Reason, e.malformed.Error(), e.frame)
+	case e.reset:
+		m.c.reset(e.reason)
+	}
+	return e.reason
+}
+
+// take decodes, validates and decides one framed request and adds it to
+// the burst. false: the connection ends after the burst (m.end says why).
+func (m *mbConn) take(adu []byte) bool {
+	l := m.h.l
+	if len(m.burst) == cap(m.burst) {
+		m.burst = append(m.burst, mbRequest{})
+	} else {
+		m.burst = m.burst[:len(m.burst)+1]
+	}
+	r := &m.burst[len(m.burst)-1]
+	r.op.Reset()
+	r.forward, r.refuse = false, 0
+	if _, err := r.req.Decode(adu); err != nil {
 		var fe *modbus.FramingError
 		if errors.As(err, &fe) {
 			// The MBAP length and the PDU disagree (e.g. a read whose length
 			// hides a second PDU): nothing about this connection's framing
 			// can be trusted any more.
-			m.malformed("client", fe.Reason, fe.Error(), adu)
-			return "malformed frame from client: " + fe.Error(), false
+			m.burst = m.burst[:len(m.burst)-1]
+			m.end.malformed, m.end.frame = fe, adu
+			m.end.reason = "malformed frame from client: " + fe.Error()
+			return false
 		}
 		var pe *modbus.ProtocolError
 		if !errors.As(err, &pe) {
@@ -147,42 +262,33 @@ func (m *mbConn) handleRequest(adu []byte) (reason string, ok bool) {
 		}
 		// A well-framed request that breaks the protocol's rules gets the
 		// answer a conforming device would give, and is never forwarded.
-		m.req.Operation(&m.op)
-		ev := m.requestEvent(policy.Decision{Reason: "protocol violation: " + pe.Error(), Rule: "protocol." + pe.Reason})
-		ev.ExceptionCode = pe.Exception
-		c.record(ev)
+		r.req.Operation(&r.op)
+		setRequestEvent(r, policy.Decision{Reason: "protocol violation: " + pe.Error(), Rule: "protocol." + pe.Reason})
+		r.ev.ExceptionCode = pe.Exception
+		r.refuse = pe.Exception
 		l.metrics.denied.Inc()
-		return "", m.refuseWith(pe.Exception)
+		return true
 	}
-	m.req.Operation(&m.op)
+	r.req.Operation(&r.op)
 
 	// Pairing needs a free slot and a transaction id not already in flight.
-	if busy := m.admit(); busy != "" {
-		ev := m.requestEvent(policy.Decision{Reason: busy, Rule: "proxy.outstanding"})
-		ev.ExceptionCode = modbus.ExServerDeviceBusy
-		c.record(ev)
+	if busy := m.admit(r); busy != "" {
+		setRequestEvent(r, policy.Decision{Reason: busy, Rule: "proxy.outstanding"})
+		r.ev.ExceptionCode = modbus.ExServerDeviceBusy
+		r.refuse = modbus.ExServerDeviceBusy
 		l.metrics.denied.Inc()
-		return "", m.refuseWith(modbus.ExServerDeviceBusy)
+		return true
 	}
 
+	m.in.Op = &r.op
 	d := l.opts.Decider.Decide(context.Background(), &m.in)
-	ev := m.requestEvent(d)
-	if !d.Allow {
-		return m.deny(ev, d)
+	m.in.Op = nil
+	setRequestEvent(r, d)
+	if d.Allow {
+		// Forwarded once its audit event is written (flush).
+		r.forward = true
+		return true
 	}
-	// The audit event of an allowed operation is written before it is
-	// forwarded; if it cannot be written, the operation is denied.
-	if err := c.record(ev); err != nil {
-		l.metrics.denied.Inc()
-		return "", m.refuseWith(modbus.ExServerDeviceFailure)
-	}
-	l.metrics.allowed.Inc()
-	return m.forward()
-}
-
-// deny records the refusal and applies the deny action.
-func (m *mbConn) deny(ev *audit.Event, d policy.Decision) (string, bool) {
-	c, l := m.c, m.h.l
 	l.metrics.denied.Inc()
 	action := d.Action
 	if action == policy.ActionDefault {
@@ -192,31 +298,22 @@ func (m *mbConn) deny(ev *audit.Event, d policy.Decision) (string, bool) {
 	if code == 0 {
 		code = l.cfg.DenyException
 	}
-	ev.DenyAction = action.String()
-	if action == policy.ActionRefuse {
-		ev.ExceptionCode = code
-	}
-	c.record(ev)
+	r.ev.DenyAction = action.String()
 	switch action {
 	case policy.ActionReset:
-		c.reset("request denied: " + d.Reason)
-		return "request denied with reset: " + d.Reason, false
+		m.end.reset = true
+		m.end.reason = "request denied with reset: " + d.Reason
+		return false
 	case policy.ActionDrop:
-		return "", true
 	default:
-		return "", m.refuseWith(code)
+		r.ev.ExceptionCode = code
+		r.refuse = code
 	}
+	return true
 }
 
-// refuseWith answers the current request with an exception; false when the
-// client cannot be written to.
-func (m *mbConn) refuseWith(code uint8) bool {
-	m.out = m.req.AppendException(m.out[:0], code)
-	return m.c.writeClient(m.out) == nil
-}
-
-func (m *mbConn) requestEvent(d policy.Decision) *audit.Event {
-	m.ev = audit.Event{
+func setRequestEvent(r *mbRequest, d policy.Decision) {
+	r.ev = audit.Event{
 		Action:     audit.ActionRequest,
 		Outcome:    audit.OutcomeSuccess,
 		Reason:     d.Reason,
@@ -225,13 +322,191 @@ func (m *mbConn) requestEvent(d policy.Decision) *audit.Event {
 		DryRun:     d.DryRun,
 		Rule:       d.Rule,
 		Revision:   d.Revision,
-		Op:         &m.op,
+		Op:         &r.op,
 	}
-	return &m.ev
+}
+
+// admit checks that r can be paired with its response: against the
+// requests in flight and those of the burst that will be.
+func (m *mbConn) admit(r *mbRequest) string {
+	limit := m.h.l.cfg.MaxOutstanding
+	tid := r.req.TransactionID
+	queued := 0
+	for i := range m.burst[:len(m.burst)-1] {
+		if q := &m.burst[i]; q.forward && q.req.ExpectsResponse() {
+			queued++
+			if q.req.TransactionID == tid {
+				return fmt.Sprintf("transaction id %d is already in flight", tid)
+			}
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inflight+queued >= limit {
+		return fmt.Sprintf("outstanding request limit (%d) reached", limit)
+	}
+	if m.findLocked(tid) != nil {
+		return fmt.Sprintf("transaction id %d is already in flight", tid)
+	}
+	return ""
+}
+
+// flush records the burst's audit events with one wait, forwards the
+// allowed requests whose event was written in one write to the device, and
+// sends the refusals in one write to the client. false when the client
+// cannot be written to.
+func (m *mbConn) flush() bool {
+	c, l := m.c, m.h.l
+	if len(m.burst) == 0 {
+		return true
+	}
+	m.evs = m.evs[:0]
+	for i := range m.burst {
+		ev := &m.burst[i].ev
+		c.stamp(ev)
+		m.evs = append(m.evs, ev)
+	}
+	if cap(m.errs) < len(m.evs) {
+		m.errs = make([]error, len(m.evs), cap(m.evs))
+	}
+	m.errs = m.errs[:len(m.evs)]
+	audit.RecordBatch(l.opts.Recorder, m.evs, m.errs)
+	forward := 0
+	for i, err := range m.errs {
+		r := &m.burst[i]
+		if err != nil {
+			c.auditFailed(&r.ev, err)
+			if r.forward {
+				// The audit event of an allowed operation is written
+				// before it is forwarded; if it cannot be written, the
+				// operation is denied.
+				r.forward, r.refuse = false, modbus.ExServerDeviceFailure
+				l.metrics.denied.Inc()
+			}
+		}
+		if r.forward {
+			l.metrics.allowed.Inc()
+			forward++
+		}
+	}
+	if forward > 0 {
+		m.forward()
+	}
+
+	m.toCli = m.toCli[:0]
+	for i := range m.burst {
+		if r := &m.burst[i]; r.refuse != 0 {
+			m.toCli = r.req.AppendException(m.toCli, r.refuse)
+		}
+	}
+	if len(m.toCli) > 0 {
+		return c.writeClient(m.toCli) == nil
+	}
+	return true
+}
+
+// forward sends the burst's allowed requests, re-encoded, to the device in
+// one write, dialing it first if needed, and registers them for pairing. A
+// request that cannot be forwarded is refused (r.refuse).
+func (m *mbConn) forward() {
+	c, l := m.c, m.h.l
+	up, err := m.upstream()
+	if err != nil {
+		l.metrics.upstreamError("unreachable")
+		l.log.Warn("upstream unreachable", zap.Uint64("conn", c.id), zap.Error(err))
+		for i := range m.burst {
+			if r := &m.burst[i]; r.forward {
+				r.forward, r.refuse = false, modbus.ExGatewayPathUnavailable
+			}
+		}
+		return
+	}
+	m.toDev = m.toDev[:0]
+	for i := range m.burst {
+		r := &m.burst[i]
+		if !r.forward {
+			continue
+		}
+		start := len(m.toDev)
+		out, err := r.req.Append(m.toDev)
+		if err != nil {
+			// Append re-runs Decode's validation; a request that decoded
+			// cannot fail here. Fail closed if it ever does.
+			l.log.Error("re-encoding a validated request failed", zap.Error(err))
+			r.forward, r.refuse = false, modbus.ExServerDeviceFailure
+			m.toDev = m.toDev[:start]
+			continue
+		}
+		m.toDev = out
+		r.adu = out[start:] // re-sliced below: toDev may still move
+	}
+	// The ADUs, now that toDev stops moving.
+	off := 0
+	for i := range m.burst {
+		if r := &m.burst[i]; r.forward {
+			n := len(r.adu)
+			r.adu = m.toDev[off : off+n : off+n]
+			off += n
+		}
+	}
+	if len(m.toDev) == 0 {
+		return
+	}
+
+	now := time.Now()
+	resp := l.cfg.Timeouts.Response.D()
+	deadline := now.Add(resp)
+	m.mu.Lock()
+	for i := range m.burst {
+		r := &m.burst[i]
+		if !r.forward {
+			continue
+		}
+		if !r.req.ExpectsResponse() {
+			// FC 8/04 (force listen only mode) gets no answer: waiting for
+			// one would only end in a gateway timeout.
+			continue
+		}
+		p := m.freeLocked()
+		p.used = true
+		p.tid = r.req.TransactionID
+		p.n = copy(p.adu[:], r.adu)
+		p.deadline = deadline
+		m.inflight++
+	}
+	if m.inflight > 0 && m.timerAt.IsZero() {
+		m.armTimerLocked(deadline)
+	}
+	m.mu.Unlock()
+
+	if up != m.dlUp {
+		m.dlUp, m.upDL = up, time.Time{}
+	}
+	if dl := refresh(m.upDL, now, resp); !dl.IsZero() {
+		up.SetWriteDeadline(dl)
+		m.upDL = dl
+	}
+	if _, err := up.Write(m.toDev); err != nil {
+		l.metrics.upstreamError("write")
+		l.log.Warn("upstream write failed", zap.Uint64("conn", c.id), zap.Error(err))
+		m.upstreamFailed(up, modbus.ExGatewayPathUnavailable)
+	}
+}
+
+// freeLocked returns an unused pending slot, growing the table as needed:
+// a connection holds as many as it ever had in flight.
+func (m *mbConn) freeLocked() *pending {
+	for i := range m.pend {
+		if !m.pend[i].used {
+			return &m.pend[i]
+		}
+	}
+	m.pend = append(m.pend, pending{})
+	return &m.pend[len(m.pend)-1]
 }
 
 // malformed audits a frame whose framing could not be trusted. It runs on
-// either reader goroutine, so it does not use the request path's event.
+// either reader goroutine, so it does not use the request path's events.
 func (m *mbConn) malformed(direction, code, msg string, frame []byte) {
 	m.h.l.metrics.malformed(direction)
 	ev := audit.Event{
@@ -242,81 +517,6 @@ func (m *mbConn) malformed(direction, code, msg string, frame []byte) {
 		Bytes:   frame,
 	}
 	m.c.record(&ev)
-}
-
-// admit checks that the request can be paired with its response.
-func (m *mbConn) admit() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.inflight >= m.h.l.cfg.MaxOutstanding {
-		return fmt.Sprintf("outstanding request limit (%d) reached", m.h.l.cfg.MaxOutstanding)
-	}
-	tid := m.req.TransactionID
-	for i := range m.pend {
-		if m.pend[i].used && m.pend[i].tid == tid {
-			return fmt.Sprintf("transaction id %d is already in flight", tid)
-		}
-	}
-	return ""
-}
-
-// forward sends the re-encoded request to the device, dialing it first if
-// needed, and registers it for pairing.
-func (m *mbConn) forward() (string, bool) {
-	c, l := m.c, m.h.l
-	up, err := m.upstream()
-	if err != nil {
-		l.metrics.upstreamError("unreachable")
-		l.log.Warn("upstream unreachable", zap.Uint64("conn", c.id), zap.Error(err))
-		return "", m.refuseWith(modbus.ExGatewayPathUnavailable)
-	}
-	out, err := m.req.Append(m.out[:0])
-	if err != nil {
-		// Append re-runs Decode's validation; a request that decoded
-		// cannot fail here. Fail closed if it ever does.
-		l.log.Error("re-encoding a validated request failed", zap.Error(err))
-		return "", m.refuseWith(modbus.ExServerDeviceFailure)
-	}
-	m.out = out
-
-	if !m.req.ExpectsResponse() {
-		// FC 8/04 (force listen only mode) gets no answer: waiting for one
-		// would only end in a gateway timeout.
-		up.SetWriteDeadline(time.Now().Add(l.cfg.Timeouts.Response.D()))
-		if _, err := up.Write(m.out); err != nil {
-			m.upstreamFailed(up, modbus.ExGatewayPathUnavailable)
-		}
-		return "", true
-	}
-
-	m.mu.Lock()
-	if m.pend == nil {
-		m.pend = make([]pending, l.cfg.MaxOutstanding)
-	}
-	var p *pending
-	for i := range m.pend {
-		if !m.pend[i].used {
-			p = &m.pend[i]
-			break
-		}
-	}
-	p.used = true
-	p.tid = m.req.TransactionID
-	p.n = copy(p.adu[:], m.out)
-	p.deadline = time.Now().Add(l.cfg.Timeouts.Response.D())
-	m.inflight++
-	if m.inflight == 1 {
-		m.armTimer(p.deadline)
-	}
-	m.mu.Unlock()
-
-	up.SetWriteDeadline(time.Now().Add(l.cfg.Timeouts.Response.D()))
-	if _, err := up.Write(m.out); err != nil {
-		l.metrics.upstreamError("write")
-		l.log.Warn("upstream write failed", zap.Uint64("conn", c.id), zap.Error(err))
-		m.upstreamFailed(up, modbus.ExGatewayPathUnavailable)
-	}
-	return "", true
 }
 
 // upstream returns the device connection, dialing it on first use (or
@@ -340,64 +540,97 @@ func (m *mbConn) upstream() (net.Conn, error) {
 }
 
 // readResponses pairs device responses with pending requests until the
-// upstream connection fails or closes.
+// upstream connection fails or closes. Every response a read brought is
+// answered before the next read, in one write to the client.
 func (m *mbConn) readResponses(up net.Conn) {
 	c, l := m.c, m.h.l
-	framer := modbus.NewFramer(up)
-	var req modbus.Request
-	var resp modbus.Response
-	out := make([]byte, 0, modbus.MaxADULen)
-	var scratch [modbus.MaxADULen]byte
+	rr := &responseReader{m: m, framer: modbus.NewFramerSize(up, framerSize)}
 	for {
-		adu, err := framer.Next()
+		adu, err := rr.framer.Next()
 		if err != nil {
 			var fe *modbus.FramingError
 			if errors.As(err, &fe) {
-				m.malformed("upstream", fe.Reason, fe.Error(), framer.Pending())
+				m.malformed("upstream", fe.Reason, fe.Error(), rr.framer.Pending())
 			} else if c.closedReason() == "" && !errors.Is(err, net.ErrClosed) {
 				l.log.Info("upstream connection ended", zap.Uint64("conn", c.id), zap.Error(err))
 			}
 			m.upstreamFailed(up, modbus.ExGatewayTargetFailedToRespond)
 			return
 		}
-		tid := uint16(adu[0])<<8 | uint16(adu[1]) // the Framer returned a whole ADU
-		m.mu.Lock()
-		p := m.find(tid)
-		var n int
-		if p != nil {
-			n = copy(scratch[:], p.adu[:p.n])
+		rr.out, rr.answered = rr.out[:0], 0
+		rr.take(adu)
+		for {
+			n, err := modbus.FrameLength(rr.framer.Pending())
+			if n == 0 || err != nil {
+				break
+			}
+			adu, _ = rr.framer.Next()
+			rr.take(adu)
 		}
-		m.mu.Unlock()
-		if p == nil {
-			// Unsolicited, late (after a response timeout) or duplicated:
-			// never delivered to the client.
-			m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("response with transaction id %d matches no request in flight", tid), adu)
-			continue
+		if len(rr.out) > 0 {
+			if err := c.writeClient(rr.out); err != nil {
+				c.close("client write failed: " + err.Error())
+				return
+			}
 		}
-		if _, err := req.Decode(scratch[:n]); err != nil {
-			// Cannot happen: the request was decoded before it was
-			// forwarded. Fail closed anyway.
-			m.complete(tid, nil, modbus.ExServerDeviceFailure)
-			continue
-		}
-		if _, err := resp.Decode(adu, &req); err != nil {
-			m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
-			l.metrics.upstreamError("bad_response")
-			m.complete(tid, &req, modbus.ExGatewayTargetFailedToRespond)
-			continue
-		}
-		out, err = resp.Append(out[:0])
-		if err != nil {
-			m.upstreamEvent(audit.ActionMalformed, "response cannot be re-encoded: "+err.Error(), adu)
-			m.complete(tid, &req, modbus.ExGatewayTargetFailedToRespond)
-			continue
-		}
-		m.complete(tid, nil, 0)
-		if err := c.writeClient(out); err != nil {
-			c.close("client write failed: " + err.Error())
-			return
-		}
+		m.release(rr.answered)
 	}
+}
+
+// responseReader is the state of the response side (its goroutine only).
+type responseReader struct {
+	m        *mbConn
+	framer   *modbus.Framer
+	req      modbus.Request
+	resp     modbus.Response
+	out      []byte // the answers of one read, one write to the client
+	answered int    // requests answered in out
+	scratch  [modbus.MaxADULen]byte
+}
+
+// take pairs one device response with its request, validates it and
+// appends the re-encoded response, or an exception, to out.
+func (rr *responseReader) take(adu []byte) {
+	m, l := rr.m, rr.m.h.l
+	tid := uint16(adu[0])<<8 | uint16(adu[1]) // the Framer returned a whole ADU
+	m.mu.Lock()
+	p := m.findLocked(tid)
+	var n int
+	if p != nil {
+		// Paired: the slot is free for a new request with this id. The
+		// request still counts as in flight until its answer is written.
+		n = copy(rr.scratch[:], p.adu[:p.n])
+		p.used = false
+		m.inflight--
+		m.answering++
+	}
+	m.mu.Unlock()
+	if p == nil {
+		// Unsolicited, late (after a response timeout) or duplicated:
+		// never delivered to the client.
+		m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("response with transaction id %d matches no request in flight", tid), adu)
+		return
+	}
+	rr.answered++
+	if _, err := rr.req.Decode(rr.scratch[:n]); err != nil {
+		// Cannot happen: the request was decoded before it was forwarded.
+		// Fail closed anyway: an exception from what the header says.
+		rr.out = modbus.AppendException(rr.out, tid, rr.scratch[6], rr.scratch[7], modbus.ExServerDeviceFailure)
+		return
+	}
+	if _, err := rr.resp.Decode(adu, &rr.req); err != nil {
+		m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
+		l.metrics.upstreamError("bad_response")
+		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
+		return
+	}
+	out, err := rr.resp.Append(rr.out)
+	if err != nil {
+		m.upstreamEvent(audit.ActionMalformed, "response cannot be re-encoded: "+err.Error(), adu)
+		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
+		return
+	}
+	rr.out = out
 }
 
 // upstreamEvent audits something the device sent that was not delivered.
@@ -406,7 +639,7 @@ func (m *mbConn) upstreamEvent(action, reason string, frame []byte) {
 	m.c.record(&ev)
 }
 
-func (m *mbConn) find(tid uint16) *pending {
+func (m *mbConn) findLocked(tid uint16) *pending {
 	for i := range m.pend {
 		if m.pend[i].used && m.pend[i].tid == tid {
 			return &m.pend[i]
@@ -415,20 +648,19 @@ func (m *mbConn) find(tid uint16) *pending {
 	return nil
 }
 
-// complete releases the pending request tid; with a non-nil req it also
-// answers the client with exception code (the request's header and
-// function come from req).
-func (m *mbConn) complete(tid uint16, req *modbus.Request, code uint8) {
+// release counts n requests as answered: their answers were written to the
+// client (or could not be).
+func (m *mbConn) release(n int) {
+	if n == 0 {
+		return
+	}
 	m.mu.Lock()
-	if p := m.find(tid); p != nil {
-		p.used = false
-		m.inflight--
-		m.rearmLocked()
+	m.answering -= n
+	if m.inflight == 0 && m.answering == 0 && m.idle != nil {
+		close(m.idle)
+		m.idle = nil
 	}
 	m.mu.Unlock()
-	if req != nil {
-		m.c.writeClient(req.AppendException(make([]byte, 0, 9), code))
-	}
 }
 
 // upstreamFailed drops the device connection and answers every request in
@@ -444,8 +676,8 @@ func (m *mbConn) upstreamFailed(up net.Conn, code uint8) {
 	m.answerFailed(failed, code)
 }
 
-// takeAllLocked removes the pending requests that match and returns copies
-// of their ADUs.
+// takeAllLocked frees the pending requests that match and returns copies
+// of their ADUs; they stay in flight until answerFailed answered them.
 func (m *mbConn) takeAllLocked(match func(*pending) bool) [][]byte {
 	var taken [][]byte
 	for i := range m.pend {
@@ -454,28 +686,37 @@ func (m *mbConn) takeAllLocked(match func(*pending) bool) [][]byte {
 			taken = append(taken, append([]byte(nil), p.adu[:p.n]...))
 			p.used = false
 			m.inflight--
+			m.answering++
 		}
 	}
-	m.rearmLocked()
 	return taken
 }
 
+// answerFailed answers the requests adus with exception code, in one write.
 func (m *mbConn) answerFailed(adus [][]byte, code uint8) {
+	if len(adus) == 0 {
+		return
+	}
 	var req modbus.Request
+	var out []byte
 	for _, adu := range adus {
 		if _, err := req.Decode(adu); err != nil {
 			continue
 		}
-		if m.c.writeClient(req.AppendException(make([]byte, 0, 9), code)) != nil {
-			return
-		}
+		out = req.AppendException(out, code)
 	}
+	m.c.writeClient(out)
+	m.release(len(adus))
 }
 
-// armTimer schedules expiry of the oldest pending request. The upstream
-// reader never uses read deadlines: a deadline firing mid-frame would lose
-// framing state.
-func (m *mbConn) armTimer(at time.Time) {
+// armTimerLocked schedules expire at (or after) the oldest pending
+// deadline. The timer is not moved when a request completes: it fires at
+// a deadline that may have gone, finds nothing expired and re-arms for the
+// oldest request still pending; so a request pays for no timer operation.
+// The upstream reader never uses read deadlines: a deadline firing
+// mid-frame would lose framing state.
+func (m *mbConn) armTimerLocked(at time.Time) {
+	m.timerAt = at
 	d := time.Until(at)
 	if m.timer == nil {
 		m.timer = time.AfterFunc(d, m.expire)
@@ -484,32 +725,26 @@ func (m *mbConn) armTimer(at time.Time) {
 	m.timer.Reset(d)
 }
 
-func (m *mbConn) rearmLocked() {
-	if m.inflight == 0 {
-		if m.timer != nil {
-			m.timer.Stop()
-		}
-		if m.idle != nil {
-			close(m.idle)
-			m.idle = nil
-		}
-		return
-	}
+// expire answers requests whose response did not come in time with
+// exception 0x0B, as a gateway does.
+func (m *mbConn) expire() {
+	now := time.Now()
+	m.mu.Lock()
+	m.timerAt = time.Time{}
+	expired := m.takeAllLocked(func(p *pending) bool { return !p.deadline.After(now) })
 	var oldest time.Time
 	for i := range m.pend {
 		if p := &m.pend[i]; p.used && (oldest.IsZero() || p.deadline.Before(oldest)) {
 			oldest = p.deadline
 		}
 	}
-	m.armTimer(oldest)
-}
-
-// expire answers requests whose response did not come in time with
-// exception 0x0B, as a gateway does.
-func (m *mbConn) expire() {
-	now := time.Now()
-	m.mu.Lock()
-	expired := m.takeAllLocked(func(p *pending) bool { return !p.deadline.After(now) })
+	if !oldest.IsZero() {
+		m.armTimerLocked(oldest)
+	} else {
+		// Nothing in flight: let the timer go with the connection's
+		// activity (a connection idle for hours keeps none).
+		m.timer = nil
+	}
 	m.mu.Unlock()
 	if len(expired) > 0 {
 		m.h.l.metrics.upstreamError("timeout")
@@ -522,6 +757,7 @@ func (m *mbConn) stopTimer() {
 	m.mu.Lock()
 	if m.timer != nil {
 		m.timer.Stop()
+		m.timerAt = time.Time{}
 	}
 	m.mu.Unlock()
 }
@@ -530,7 +766,7 @@ func (m *mbConn) stopTimer() {
 // the response timeout), so a client's half-close or a drain loses nothing.
 func (m *mbConn) waitIdle() {
 	m.mu.Lock()
-	if m.inflight == 0 {
+	if m.inflight == 0 && m.answering == 0 {
 		m.mu.Unlock()
 		return
 	}

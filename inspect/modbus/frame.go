@@ -89,9 +89,9 @@ const maxEmptyReads = 100
 var errBadReadCount = errors.New("modbus: reader returned an invalid count")
 
 // Framer cuts a live byte stream (typically a net.Conn, whose deadlines the
-// caller sets) into Modbus/TCP ADUs. It owns a fixed FramerBufferSize buffer,
-// so a burst of pipelined ADUs costs one Read, and it allocates nothing per
-// frame.
+// caller sets) into Modbus/TCP ADUs. It owns a fixed buffer (FramerBufferSize,
+// or the size given to NewFramerSize), so a burst of pipelined ADUs costs one
+// Read, and it allocates nothing per frame.
 //
 // The MBAP header is validated as soon as it is buffered and before any
 // further read: an oversized or foreign header is refused without waiting
@@ -106,11 +106,19 @@ type Framer struct {
 	eof   bool  // the reader has reported io.EOF
 	rerr  error // a read error that came with data, reported once the data is framed
 	err   error // sticky: framing error or end of stream
-	buf   [FramerBufferSize]byte
+	buf   []byte
 }
 
-// NewFramer returns a Framer reading from r.
-func NewFramer(r io.Reader) *Framer { return &Framer{r: r} }
+// NewFramer returns a Framer reading from r with a FramerBufferSize buffer.
+func NewFramer(r io.Reader) *Framer { return NewFramerSize(r, FramerBufferSize) }
+
+// NewFramerSize returns a Framer reading from r with a buffer of size bytes,
+// at least MaxADULen (a smaller size is raised to it): small for a proxy
+// holding many mostly idle connections, bigger for fewer reads when a peer
+// pipelines deeply. The buffer always has room for one maximal ADU.
+func NewFramerSize(r io.Reader, size int) *Framer {
+	return &Framer{r: r, buf: make([]byte, max(size, MaxADULen))}
+}
 
 // Reset discards all state and makes f read from r, reusing the buffer.
 func (f *Framer) Reset(r io.Reader) {
@@ -170,7 +178,7 @@ func (f *Framer) Next() ([]byte, error) {
 		if f.start == f.end {
 			f.start, f.end = 0, 0
 		} else if len(f.buf)-f.start < MaxADULen {
-			f.end = copy(f.buf[:], f.buf[f.start:f.end])
+			f.end = copy(f.buf, f.buf[f.start:f.end])
 			f.start = 0
 		}
 		m, rerr := f.r.Read(f.buf[f.end:])

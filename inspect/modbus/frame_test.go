@@ -137,6 +137,41 @@ func TestFramerWrapsItsBuffer(t *testing.T) {
 	}
 }
 
+// A small buffer (NewFramerSize) frames the same stream, maximal ADUs
+// included, whatever the read sizes.
+func TestFramerSmallBuffers(t *testing.T) {
+	maxADU := make([]byte, MaxADULen) // MBAP length 254: unit and a 253-byte PDU
+	maxADU[4], maxADU[5], maxADU[6], maxADU[7] = 0, MaxLength, 1, 0x41
+	var frames [][]byte
+	for i := 0; len(frames) < 600; i++ {
+		frames = append(frames, [][]byte{aduFC15, maxADU, aduFC3, aduFC7, maxADU, maxADU}[i%6])
+	}
+	stream := concat(frames...)
+	for _, size := range []int{0, MaxADULen, MaxADULen + 1, 512, 1024} {
+		for _, chunk := range []int{1, 97, 259, 260, 997, 5000} {
+			var chunks [][]byte
+			for rest := stream; len(rest) > 0; {
+				n := min(len(rest), chunk)
+				chunks = append(chunks, rest[:n])
+				rest = rest[n:]
+			}
+			f := NewFramerSize(&chunkReader{chunks: chunks}, size)
+			if len(f.buf) < MaxADULen {
+				t.Fatalf("size %d: buffer of %d bytes", size, len(f.buf))
+			}
+			got, err := readAll(f)
+			if err != io.EOF || len(got) != len(frames) {
+				t.Fatalf("size %d, reads of %d: %d frames, end %v", size, chunk, len(got), err)
+			}
+			for i := range frames {
+				if !bytes.Equal(got[i], frames[i]) {
+					t.Fatalf("size %d, reads of %d: frame %d = % x", size, chunk, i, got[i])
+				}
+			}
+		}
+	}
+}
+
 func TestFramerEOF(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
