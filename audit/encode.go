@@ -63,18 +63,9 @@ type Encoder struct {
 	cfg    zapcore.EncoderConfig
 	obs    Observer
 	states sync.Pool // *encState
-	slow   bool      // encode every event through zap (tests of the fast path)
 
-	bases  sync.Map // baseKey -> *base
+	bases  sync.Map // baseKey -> zapcore.Encoder
 	nbases atomic.Int64
-}
-
-// base is the zap encoder holding the static fields of a connection's
-// events in its context, and that context as JSON, for the fast path
-// (encode_fast.go).
-type base struct {
-	enc    zapcore.Encoder
-	static []byte
 }
 
 // baseKey is what the static context of an event depends on.
@@ -135,9 +126,9 @@ func keyOf(ev *Event) baseKey {
 // the events of a live connection (its opening and its requests) add to the
 // cache: a flood of refused handshakes or stray events, each with a new
 // source port, must not push the live connections out.
-func (e *Encoder) base(k baseKey, store bool) *base {
+func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 	if b, ok := e.bases.Load(k); ok {
-		return b.(*base)
+		return b.(zapcore.Encoder)
 	}
 	b := zapcore.NewJSONEncoder(e.cfg)
 	st := &encState{obs: &e.obs, ev: &Event{
@@ -158,26 +149,18 @@ func (e *Encoder) base(k baseKey, store bool) *base {
 	if k.tls != "" || k.id != nil {
 		_ = b.AddObject("tls", (*tlsObject)(st))
 	}
-	bs := &base{enc: b}
-	// An entry without time and fields is '{', the context, "}\n".
-	if buf, err := b.EncodeEntry(zapcore.Entry{}, nil); err == nil {
-		if line := buf.Bytes(); len(line) >= 3 {
-			bs.static = append([]byte(nil), line[1:len(line)-2]...)
-		}
-		buf.Free()
-	}
 	if !store {
-		return bs
+		return b
 	}
 	if e.nbases.Load() >= maxBases {
 		e.bases.Clear()
 		e.nbases.Store(0)
 	}
-	if prev, loaded := e.bases.LoadOrStore(k, bs); loaded {
-		return prev.(*base)
+	if prev, loaded := e.bases.LoadOrStore(k, b); loaded {
+		return prev.(zapcore.Encoder)
 	}
 	e.nbases.Add(1)
-	return bs
+	return b
 }
 
 // AppendEvent appends ev as one JSON line, newline included, to dst. A zero
@@ -198,17 +181,11 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
 		st.lastKey, st.lastBase = k, base
 	}
-	if !e.slow && fastPath(ev) {
-		dst = st.appendModbusRequest(dst, ev, base.static)
-		st.ev = nil
-		e.states.Put(st)
-		return dst, nil
-	}
 	ent := zapcore.Entry{}
 	if !ev.Time.IsZero() {
 		ent.Time = ev.Time.UTC()
 	}
-	buf, err := base.enc.EncodeEntry(ent, st.fields[:])
+	buf, err := base.EncodeEntry(ent, st.fields[:])
 	st.ev = nil
 	e.states.Put(st)
 	if ev.Action == ActionConnectionClose {
@@ -235,7 +212,7 @@ type encState struct {
 	obs      *Observer
 	fields   [1]zapcore.Field // the event, inlined at the top level
 	lastKey  baseKey
-	lastBase *base
+	lastBase zapcore.Encoder
 	cats     strList4
 	types    strList4
 	// scratch holds IP addresses, hex strings and the like while they are

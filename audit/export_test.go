@@ -25,7 +25,3 @@ func CloseFileUnderSink(s *Sink) error {
 	defer s.wmu.Unlock()
 	return s.t.(*fileTarget).f.Close()
 }
-
-// SetSlowPath makes e encode every event through zap, for the differential
-// test of the fast path.
-func SetSlowPath(e *Encoder, slow bool) { e.slow = slow }
