@@ -263,7 +263,7 @@ func (m *mbConn) take(adu []byte) bool {
 		// A well-framed request that breaks the protocol's rules gets the
 		// answer a conforming device would give, and is never forwarded.
 		r.req.Operation(&r.op)
-		setRequestEvent(r, policy.Decision{Reason: "protocol violation: " + pe.Error(), Rule: "protocol." + pe.Reason})
+		setRequestEvent(r, policy.Decision{Reason: inspect.ViolationReason(pe), Rule: inspect.ViolationRule(pe.Reason)})
 		r.ev.ExceptionCode = pe.Exception
 		r.refuse = pe.Exception
 		l.metrics.denied.Inc()
