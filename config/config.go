@@ -128,8 +128,9 @@ type Policy struct {
 	// Path is a directory of .rego and .json files, or an OPA bundle
 	// (.tar.gz).
 	Path string `yaml:"path"`
-	// DryRun (monitor mode) evaluates and audits every decision but
-	// forwards denied operations too. For rollout only.
+	// DryRun (monitor mode) evaluates and audits every decision and
+	// forwards the reads the policy denies; denied writes and every other
+	// operation stay denied. For rollout only.
 	DryRun bool `yaml:"dry_run"`
 	// DecisionTimeout bounds one evaluation; a timeout is a deny.
 	DecisionTimeout Duration `yaml:"decision_timeout"`

@@ -13,6 +13,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/util"
 
 	"github.com/conduit-ot/conduit/config"
+	"github.com/conduit-ot/conduit/inspect"
 )
 
 // Options configure an Engine. Build them with FromConfig, or by hand in
@@ -20,9 +21,11 @@ import (
 type Options struct {
 	Source
 
-	// DryRun (monitor mode) turns a policy deny into an allow with
-	// Decision.DryRun set and the policy's reason kept. Evaluation errors
-	// still deny: dry-run relaxes the policy, never fail-closed.
+	// DryRun (monitor mode) turns a policy deny of a read into an allow
+	// with Decision.DryRun set and the policy's reason kept. Denied writes,
+	// diagnostics and other operations stay denied (no write reaches a
+	// device that the policy did not allow), and evaluation errors still
+	// deny: dry-run relaxes the policy for reads, never fail-closed.
 	DryRun bool
 	// DecisionTimeout bounds one evaluation (default
 	// config.DefaultDecisionTimeout).
@@ -311,7 +314,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (d Decision) {
 		if key.ok() {
 			if o, hit := v.cache.get(key.buf); hit {
 				e.hits.Add(1)
-				return e.apply(d, o)
+				return e.apply(d, o, readOnly(in))
 			}
 		}
 	}
@@ -330,7 +333,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (d Decision) {
 	} else {
 		e.uncached.Add(1)
 	}
-	return e.apply(d, o)
+	return e.apply(d, o, readOnly(in))
 }
 
 // DecideJSON evaluates a raw input document (JSON), e.g. one written by
@@ -360,7 +363,7 @@ func (e *Engine) DecideJSON(ctx context.Context, doc []byte) (d Decision) {
 		return e.failed(d, err)
 	}
 	e.uncached.Add(1)
-	return e.apply(d, o)
+	return e.apply(d, o, readOnlyDoc(x))
 }
 
 func (e *Engine) eval(ctx context.Context, v *version, doc ast.Value) (outcome, error) {
@@ -373,12 +376,28 @@ func (e *Engine) eval(ctx context.Context, v *version, doc ast.Value) (outcome, 
 }
 
 // apply turns the policy's outcome into the decision, applying dry-run.
-func (e *Engine) apply(d Decision, o outcome) Decision {
+// Dry-run relaxes a deny of a read only: a write, a diagnostic or any
+// other operation the policy denies stays denied, so that monitor mode
+// never lets a write reach a device that the policy did not allow.
+func (e *Engine) apply(d Decision, o outcome, read bool) Decision {
 	d.Allow, d.Reason, d.Rule, d.Action, d.Exception = o.allow, o.reason, o.rule, o.action, o.exception
-	if !o.allow && e.opts.DryRun {
+	if !o.allow && e.opts.DryRun && read {
 		d.Allow, d.DryRun = true, true
 	}
 	return d
+}
+
+// readOnly reports whether in is a read (input.operation.access "read").
+func readOnly(in *Input) bool {
+	return in != nil && in.Op != nil && in.Op.Access == inspect.AccessRead
+}
+
+// readOnlyDoc is readOnly for a raw input document.
+func readOnlyDoc(x any) bool {
+	in, _ := x.(map[string]any)
+	op, _ := in["operation"].(map[string]any)
+	access, _ := op["access"].(string)
+	return access == inspect.AccessRead.String()
 }
 
 // failed is the fail-closed decision for err.

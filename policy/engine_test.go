@@ -209,12 +209,41 @@ func TestBadInputs(t *testing.T) {
 
 func TestDryRun(t *testing.T) {
 	e := reference(t, policy.Options{DryRun: true})
-	d := e.Decide(ctx, writeHR("127.0.0.1:50100", 15, 5000))
-	if !d.Allow || !d.DryRun || d.Reason != "write of 5000 to holding_registers 15 exceeds max 1000 for listener plc-line1" || d.Rule != "conduit.modbus.value" {
-		t.Errorf("dry-run deny: %+v", d)
+	strict := reference(t, policy.Options{})
+	// A read the policy denies (a client the data file grants nothing)
+	// passes in monitor mode, with the policy's reason kept.
+	denied := readHR("10.9.9.9:50100", 0, 10)
+	want := strict.Decide(ctx, denied)
+	if want.Allow {
+		t.Fatalf("the reference policy allows %+v", denied)
+	}
+	if d := e.Decide(ctx, denied); !d.Allow || !d.DryRun || d.Reason != want.Reason || d.Rule != want.Rule {
+		t.Errorf("dry-run denied read: %+v, want allow with %q", d, want.Reason)
 	}
 	if d := e.Decide(ctx, readHR("127.0.0.1:50100", 0, 10)); !d.Allow || d.DryRun {
 		t.Errorf("dry-run allow: %+v", d)
+	}
+	// A denied write or diagnostic stays denied: monitor mode never lets a
+	// write reach a device the policy did not allow.
+	if d := e.Decide(ctx, writeHR("127.0.0.1:50100", 15, 5000)); d.Allow || d.DryRun || d.Reason != "write of 5000 to holding_registers 15 exceeds max 1000 for listener plc-line1" || d.Rule != "conduit.modbus.value" {
+		t.Errorf("dry-run denied write: %+v", d)
+	}
+	if d := e.Decide(ctx, diagnostics("127.0.0.1:50100", 4)); d.Allow || d.DryRun {
+		t.Errorf("dry-run denied diagnostic: %+v", d)
+	}
+	// The same for raw documents.
+	doc := func(in *policy.Input) []byte {
+		v, err := policy.Document(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []byte(v.String())
+	}
+	if d := e.DecideJSON(ctx, doc(denied)); !d.Allow || !d.DryRun {
+		t.Errorf("dry-run denied read document: %+v", d)
+	}
+	if d := e.DecideJSON(ctx, doc(writeHR("127.0.0.1:50100", 15, 5000))); d.Allow || d.DryRun {
+		t.Errorf("dry-run denied write document: %+v", d)
 	}
 	// Dry-run relaxes the policy, never fail-closed.
 	broken := engineFor(t, map[string]string{"p.rego": "package conduit\ndecision := {\"allow\": false} if input.x\n"}, policy.Options{DryRun: true})

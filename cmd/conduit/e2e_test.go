@@ -356,6 +356,18 @@ func TestBinaryDeviceWritesEqualAllowedWriteEvents(t *testing.T) {
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
 	p := startConduit(t, cfgPath, listen)
 
+	randomWrites(t, listen)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	p.done <- nil
+	checkInvariant(t, plc, auditFile)
+}
+
+// randomWrites runs four concurrent clients through listen, each a mix of
+// register and coil writes (some outside the reference policy's grants)
+// and reads.
+func randomWrites(t *testing.T, listen string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -381,9 +393,56 @@ func TestBinaryDeviceWritesEqualAllowedWriteEvents(t *testing.T) {
 		}(uint64(w))
 	}
 	wg.Wait()
+}
+
+// Monitor mode (policy.dry_run) forwards the reads the policy denies, never
+// a write: the device still receives exactly the allowed writes.
+func TestBinaryDryRunNeverForwardsDeniedWrites(t *testing.T) {
+	plc, err := sim.StartPLC(sim.PLCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plc.Close()
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
+	cfg := mustRead(t, cfgPath)
+	if err := os.WriteFile(cfgPath, bytes.Replace(cfg, []byte("policy:\n"), []byte("policy:\n  dry_run: true\n"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startConduit(t, cfgPath, listen)
+
+	// Holding registers 200-201 are outside the grant: a deny the monitor
+	// mode forwards.
+	c := modbusClient(t, listen)
+	if _, err := c.ReadRegisters(200, 2, mb.HOLDING_REGISTER); err != nil {
+		t.Fatalf("denied read in monitor mode: %v", err)
+	}
+	// A write of 5000 (above the maximum 1000) stays denied.
+	if err := c.WriteRegister(12, 5000); err == nil {
+		t.Fatal("a write above the maximum was accepted in monitor mode")
+	}
+	randomWrites(t, listen)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	<-p.done
 	p.done <- nil
+
+	recs, err := audittest.ReadFile(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dry := 0
+	for _, r := range recs {
+		if b, _ := r.Get("conduit.dry_run"); b == true {
+			dry++
+			if r.String("conduit.operation.access") != "read" {
+				t.Errorf("a %s was let through by monitor mode: %v", r.String("conduit.operation.access"), r)
+			}
+		}
+	}
+	if dry == 0 {
+		t.Error("no event says the monitor mode let a denied read through")
+	}
 	checkInvariant(t, plc, auditFile)
 }
 
