@@ -1,0 +1,541 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	awclient "github.com/awcullen/opcua/client"
+	awua "github.com/awcullen/opcua/ua"
+	"github.com/gopcua/opcua/ua"
+
+	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/audit/audittest"
+	"github.com/conduit-ot/conduit/sim"
+)
+
+// Interop with github.com/awcullen/opcua v1.4.0, client and server,
+// through the proxy over real TCP on 127.0.0.1 under the reference policy
+// (grant opcua-line1, demo-loopback: read, browse, subscribe; write
+// Line1.Setpoint 0..1000 and Line1.Mode; call ResetCounters on Line1), with
+// the production audit file. Besides what each client sees, every test
+// checks the invariant from the device's side: the server received exactly
+// the allowed writes, each one only after its allowed event was in the
+// audit file, and every request that went upstream was decided and audited.
+
+// recordingRelay forwards TCP connections to target and keeps, per
+// connection, what target sent back: the bytes the client received from
+// the proxy, to be parsed by the test (independently of inspect/opcua).
+type recordingRelay struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	toCli  []*bytes.Buffer
+	closed bool
+}
+
+func startRecordingRelay(t testing.TB, target string) *recordingRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recordingRelay{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			buf := &bytes.Buffer{}
+			r.mu.Lock()
+			r.toCli = append(r.toCli, buf)
+			r.mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
+			go func() {
+				defer wg.Done()
+				b := make([]byte, 32*1024)
+				for {
+					n, err := up.Read(b)
+					if n > 0 {
+						r.mu.Lock()
+						buf.Write(b[:n])
+						r.mu.Unlock()
+						if _, werr := c.Write(b[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				c.Close()
+			}()
+		}
+	}()
+	return r
+}
+
+func (r *recordingRelay) url() string { return "opc.tcp://" + r.ln.Addr().String() }
+
+// received returns what the client received on connection i.
+func (r *recordingRelay) received(i int) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i >= len(r.toCli) {
+		return nil
+	}
+	return append([]byte(nil), r.toCli[i].Bytes()...)
+}
+
+func (r *recordingRelay) conns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.toCli)
+}
+
+// wireMessages reassembles the MSG chunks of a None-mode byte stream into
+// message bodies (after the 24-byte header), in order of completion.
+func wireMessages(t testing.TB, b []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	partial := map[uint32][]byte{}
+	for _, c := range splitChunks(t, b) {
+		if c.typ != "MSG" || len(c.raw) < 24 {
+			continue
+		}
+		body := append(partial[c.req], c.raw[24:]...)
+		switch c.chunkType {
+		case 'C':
+			partial[c.req] = body
+		case 'F':
+			delete(partial, c.req)
+			out = append(out, body)
+		default:
+			delete(partial, c.req)
+		}
+	}
+	return out
+}
+
+// bodyTypeID reads the numeric ns=0 type id at the start of a message
+// body (two-byte, four-byte and numeric encodings; 0 otherwise).
+func bodyTypeID(b []byte) uint32 {
+	switch {
+	case len(b) >= 2 && b[0] == 0x00:
+		return uint32(b[1])
+	case len(b) >= 4 && b[0] == 0x01 && b[1] == 0:
+		return uint32(binary.LittleEndian.Uint16(b[2:4]))
+	case len(b) >= 7 && b[0] == 0x02 && b[1] == 0 && b[2] == 0:
+		return binary.LittleEndian.Uint32(b[3:7])
+	}
+	return 0
+}
+
+// upstreamWriteRequests counts the WriteRequests (type id 673) the proxy
+// sent to the server, on every upstream connection.
+func upstreamWriteRequests(t testing.TB, tp *tap) int {
+	t.Helper()
+	n := 0
+	for i := 0; i < tp.count(); i++ {
+		for _, body := range wireMessages(t, tp.sent(i)) {
+			if bodyTypeID(body) == 673 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// checkWritesReachedDevice compares what the device received with the
+// audit file: the same writes, in the same order, as the allowed Write
+// events; and as many WriteRequests upstream as allowed Write events.
+func checkWritesReachedDevice(t *testing.T, recs []audittest.Record, received []awServerWrite, tp *tap) {
+	t.Helper()
+	var allowed []auditedWrite
+	for _, w := range auditedWrites(recs) {
+		if w.Allowed {
+			allowed = append(allowed, w)
+		}
+	}
+	var got []auditedWrite
+	for _, w := range received {
+		got = append(got, auditedWrite{NodeID: w.NodeID, Value: fmt.Sprint(w.Value), Allowed: true})
+	}
+	if len(got) != len(allowed) {
+		t.Fatalf("the server received %d writes, the audit file allowed %d", len(got), len(allowed))
+	}
+	for i := range got {
+		if got[i] != allowed[i] {
+			t.Fatalf("write %d: the server received %s = %.40q, the audit file allowed %s = %.40q", i, got[i].NodeID, got[i].Value, allowed[i].NodeID, allowed[i].Value)
+		}
+	}
+	var allowedReqs int
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if r.String("opcua.service") == "Write" && r.HasType("allowed") {
+			allowedReqs++
+		}
+	}
+	if n := upstreamWriteRequests(t, tp); n != allowedReqs {
+		t.Fatalf("%d WriteRequests went upstream, %d were allowed", n, allowedReqs)
+	}
+}
+
+func TestOPCUAAwcullenNoneMode(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), chunkLimits, ""), referencePolicy(t), trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	denials := 0
+
+	t.Run("discovery", func(t *testing.T) {
+		// GetEndpoints through the proxy. The awcullen server answers
+		// with the URL the client asked with (here the proxy's), so this
+		// one has nothing to rewrite; the relay below has.
+		res, err := awclient.GetEndpoints(ctx, &awua.GetEndpointsRequest{EndpointURL: proxyURL(l)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Endpoints) == 0 {
+			t.Fatal("no endpoints")
+		}
+		for _, ep := range res.Endpoints {
+			if ep.EndpointURL != proxyURL(l) {
+				t.Errorf("endpoint %s, want the proxy's %s", ep.EndpointURL, proxyURL(l))
+			}
+		}
+		// A client behind a relay, to see what it receives. Its
+		// GetEndpoints asks with the relay's URL, which the server echoes,
+		// and the server's CreateSessionResponse lists its endpoints with
+		// its own URL: the client must see the proxy's in both.
+		relay := startRecordingRelay(t, l.Addr().String())
+		c := awcullenDial(t, ctx, relay.url())
+		if _, err := awRead(ctx, c, awSetpoint); err != nil {
+			t.Fatal(err)
+		}
+		var sessionEndpoints, discoveryEndpoints []string
+		for i := 0; i < relay.conns(); i++ {
+			for _, body := range wireMessages(t, relay.received(i)) {
+				dec := awua.NewBinaryDecoder(bytes.NewReader(body), awua.NewEncodingContext())
+				var id awua.NodeID
+				if err := dec.ReadNodeID(&id); err != nil {
+					t.Fatal(err)
+				}
+				switch id {
+				case awua.ObjectIDCreateSessionResponseEncodingDefaultBinary:
+					var res awua.CreateSessionResponse
+					if err := dec.Decode(&res); err != nil {
+						t.Fatalf("decode CreateSessionResponse: %v", err)
+					}
+					for _, ep := range res.ServerEndpoints {
+						sessionEndpoints = append(sessionEndpoints, ep.EndpointURL)
+					}
+				case awua.ObjectIDGetEndpointsResponseEncodingDefaultBinary:
+					var res awua.GetEndpointsResponse
+					if err := dec.Decode(&res); err != nil {
+						t.Fatalf("decode GetEndpointsResponse: %v", err)
+					}
+					for _, ep := range res.Endpoints {
+						discoveryEndpoints = append(discoveryEndpoints, ep.EndpointURL)
+					}
+				}
+			}
+		}
+		if len(sessionEndpoints) == 0 || len(discoveryEndpoints) == 0 {
+			t.Fatalf("the client received %d session and %d discovery endpoints", len(sessionEndpoints), len(discoveryEndpoints))
+		}
+		for _, u := range append(sessionEndpoints, discoveryEndpoints...) {
+			if u != proxyURL(l) {
+				t.Errorf("the client received endpoint %s, want the proxy's %s (the server is %s)", u, proxyURL(l), srv.url)
+			}
+		}
+	})
+
+	c := awcullenDial(t, ctx, proxyURL(l))
+
+	t.Run("browse", func(t *testing.T) {
+		res, err := c.Browse(ctx, &awua.BrowseRequest{NodesToBrowse: []awua.BrowseDescription{{
+			NodeID:          awLine1,
+			BrowseDirection: awua.BrowseDirectionForward,
+			ReferenceTypeID: awua.ReferenceTypeIDHasComponent,
+			IncludeSubtypes: true,
+			ResultMask:      uint32(awua.BrowseResultMaskAll),
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, r := range res.Results[0].References {
+			found[fmt.Sprint(awua.ToNodeID(r.NodeID, nil))] = true
+		}
+		for _, want := range []string{sim.OPCUASetpoint, sim.OPCUAMode, sim.OPCUACounter, sim.OPCUAResetCounters} {
+			if !found[want] {
+				t.Errorf("browse Line1: %s missing in %v", want, found)
+			}
+		}
+	})
+
+	t.Run("read", func(t *testing.T) {
+		if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 500.0 {
+			t.Fatalf("read setpoint: %v %v", v, err)
+		}
+	})
+
+	t.Run("write allowed and denied", func(t *testing.T) {
+		res, err := c.Write(ctx, awWriteReq(awSetpoint, 750.0))
+		if err != nil || res.Results[0] != awua.Good {
+			t.Fatalf("allowed write: %v %v", res, err)
+		}
+		if v := srv.value(t, awSetpoint); v != 750.0 {
+			t.Fatalf("server setpoint %v", v)
+		}
+		before := len(srv.writesReceived())
+
+		_, err = c.Write(ctx, awWriteReq(awSetpoint, 1500.0))
+		denials++
+		if !errors.Is(err, awua.BadUserAccessDenied) {
+			t.Fatalf("denied write: err = %v, want BadUserAccessDenied", err)
+		}
+		if w := srv.writesReceived(); len(w) != before || srv.value(t, awSetpoint) != 750.0 {
+			t.Fatalf("the server received %+v", w[before:])
+		}
+		// The session lives on, on the renumbered channel.
+		if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 750.0 {
+			t.Fatalf("read after deny: %v %v", v, err)
+		}
+		res, err = c.Write(ctx, awWriteReq(awMode, "manual"))
+		if err != nil || res.Results[0] != awua.Good || srv.value(t, awMode) != "manual" {
+			t.Fatalf("write after deny: %v %v", res, err)
+		}
+	})
+
+	t.Run("call allowed and denied", func(t *testing.T) {
+		res, err := c.Call(ctx, &awua.CallRequest{MethodsToCall: []awua.CallMethodRequest{{ObjectID: awLine1, MethodID: awReset, InputArguments: []awua.Variant{}}}})
+		if err != nil || res.Results[0].StatusCode != awua.Good || srv.callsReceived() != 1 {
+			t.Fatalf("allowed call: %+v %v (server calls %d)", res, err, srv.callsReceived())
+		}
+		_, err = c.Call(ctx, &awua.CallRequest{MethodsToCall: []awua.CallMethodRequest{{ObjectID: awSetpoint, MethodID: awReset, InputArguments: []awua.Variant{}}}})
+		denials++
+		if !errors.Is(err, awua.BadUserAccessDenied) {
+			t.Fatalf("denied call: err = %v, want BadUserAccessDenied", err)
+		}
+		if n := srv.callsReceived(); n != 1 {
+			t.Fatalf("the server received %d calls", n)
+		}
+		if _, err := awRead(ctx, c, awCounter); err != nil {
+			t.Fatalf("read after denied call: %v", err)
+		}
+	})
+
+	t.Run("subscription", func(t *testing.T) {
+		sub, err := c.CreateSubscription(ctx, &awua.CreateSubscriptionRequest{
+			RequestedPublishingInterval: 50,
+			RequestedMaxKeepAliveCount:  20,
+			RequestedLifetimeCount:      60,
+			PublishingEnabled:           true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items, err := c.CreateMonitoredItems(ctx, &awua.CreateMonitoredItemsRequest{
+			SubscriptionID:     sub.SubscriptionID,
+			TimestampsToReturn: awua.TimestampsToReturnBoth,
+			ItemsToCreate: []awua.MonitoredItemCreateRequest{{
+				ItemToMonitor:       awua.ReadValueID{NodeID: awSetpoint, AttributeID: awua.AttributeIDValue},
+				MonitoringMode:      awua.MonitoringModeReporting,
+				RequestedParameters: awua.MonitoringParameters{ClientHandle: 7, SamplingInterval: 20, QueueSize: 4, DiscardOldest: true},
+			}},
+		})
+		if err != nil || items.Results[0].StatusCode != awua.Good {
+			t.Fatalf("monitored item: %+v %v", items, err)
+		}
+		var acks []awua.SubscriptionAcknowledgement
+		// next publishes until the setpoint has the value want.
+		next := func(want float64) {
+			t.Helper()
+			for {
+				res, err := c.Publish(ctx, &awua.PublishRequest{
+					RequestHeader:                awua.RequestHeader{TimeoutHint: 10000},
+					SubscriptionAcknowledgements: acks,
+				})
+				if err != nil {
+					t.Fatalf("publish: %v", err)
+				}
+				acks = nil
+				if len(res.NotificationMessage.NotificationData) > 0 {
+					acks = []awua.SubscriptionAcknowledgement{{SubscriptionID: res.SubscriptionID, SequenceNumber: res.NotificationMessage.SequenceNumber}}
+				}
+				for _, d := range res.NotificationMessage.NotificationData {
+					dc, ok := d.(awua.DataChangeNotification)
+					if !ok {
+						continue
+					}
+					for _, it := range dc.MonitoredItems {
+						if it.ClientHandle == 7 && it.Value.Value == want {
+							return
+						}
+					}
+				}
+			}
+		}
+		next(750) // the initial value
+		if res, err := c.Write(ctx, awWriteReq(awSetpoint, 640.0)); err != nil || res.Results[0] != awua.Good {
+			t.Fatalf("write: %v %v", res, err)
+		}
+		next(640) // the change, through a Publish parked at the server
+		if _, err := c.DeleteSubscriptions(ctx, &awua.DeleteSubscriptionsRequest{SubscriptionIDs: []uint32{sub.SubscriptionID}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("multi-chunk write", func(t *testing.T) {
+		// 20 000 characters do not fit an 8 KiB chunk: the client splits
+		// the WriteRequest, the proxy reassembles, decides on the whole and
+		// forwards the validated chunks.
+		big := strings.Repeat("manual-", 20000/7)
+		conn := tp.count() - 1
+		start := len(tp.sent(conn))
+		res, err := c.Write(ctx, awWriteReq(awMode, big))
+		if err != nil || res.Results[0] != awua.Good {
+			t.Fatalf("large write: %v %v", res, err)
+		}
+		if v := srv.value(t, awMode); v != big {
+			t.Fatalf("server mode has %d bytes, want %d", len(fmt.Sprint(v)), len(big))
+		}
+		chunks := splitChunks(t, tp.sent(conn)[start:])
+		if len(chunks) < 3 || chunks[0].chunkType != 'C' {
+			t.Fatalf("upstream saw %d chunks for the large write", len(chunks))
+		}
+		for i := 1; i < len(chunks); i++ {
+			if chunks[i].seq != chunks[i-1].seq+1 {
+				t.Fatalf("upstream sequence numbers %d then %d", chunks[i-1].seq, chunks[i].seq)
+			}
+		}
+		// The large value read back: a multi-chunk response.
+		if v, err := awRead(ctx, c, awMode); err != nil || v != big {
+			t.Fatalf("large read: %d bytes, %v", len(fmt.Sprint(v)), err)
+		}
+		// A large write to a node that is not granted: refused whole.
+		before := len(srv.writesReceived())
+		_, err = c.Write(ctx, awWriteReq(awCounter, big))
+		denials++
+		if !errors.Is(err, awua.BadUserAccessDenied) {
+			t.Fatalf("denied large write: %v", err)
+		}
+		if len(srv.writesReceived()) != before {
+			t.Fatal("the server received the denied large write")
+		}
+		if _, err := awRead(ctx, c, awCounter); err != nil {
+			t.Fatalf("read after denied large write: %v", err)
+		}
+	})
+
+	recs := trail.checkDecisionsAudited(t, tp, denials)
+	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
+	// Every denial was a ServiceFault with BadUserAccessDenied.
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if r.HasType("denied") && (r.String("opcua.status_code") != "0x801F0000" || r.String("conduit.deny_action") != "exception") {
+			t.Errorf("denied record %v", r)
+		}
+	}
+	for _, svc := range []string{"Browse", "Read", "Write", "Call", "CreateSubscription", "CreateMonitoredItems", "Publish", "ActivateSession"} {
+		var n int
+		for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+			if r.String("opcua.service") == svc {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Errorf("no %s request in the audit file", svc)
+		}
+	}
+}
+
+// awcullen client → proxy → the gopcua server of sim/.
+func TestOPCUAAwcullenClientGopcuaServer(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startSimUA(t, sim.OPCUAOptions{CountEvery: -1})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.Addr(), "", ""), referencePolicy(t), trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	c := awcullenDial(t, ctx, proxyURL(l))
+	if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 500.0 {
+		t.Fatalf("read: %v %v", v, err)
+	}
+	if res, err := c.Write(ctx, awWriteReq(awSetpoint, 250.0)); err != nil || res.Results[0] != awua.Good || srv.Setpoint() != 250 {
+		t.Fatalf("allowed write: %v %v (server %v)", res, err, srv.Setpoint())
+	}
+	if _, err := c.Write(ctx, awWriteReq(awSetpoint, -1.0)); !errors.Is(err, awua.BadUserAccessDenied) {
+		t.Fatalf("denied write: err = %v, want BadUserAccessDenied", err)
+	}
+	if srv.Setpoint() != 250 {
+		t.Fatalf("server setpoint %v after the denied write", srv.Setpoint())
+	}
+	if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 250.0 {
+		t.Fatalf("read after deny: %v %v", v, err)
+	}
+	if res, err := c.Write(ctx, awWriteReq(awMode, "manual")); err != nil || res.Results[0] != awua.Good || srv.Mode() != "manual" {
+		t.Fatalf("write after deny: %v %v (server %q)", res, err, srv.Mode())
+	}
+
+	recs := trail.checkDecisionsAudited(t, tp, 1)
+	var received []awServerWrite
+	for _, w := range srv.Writes() {
+		received = append(received, awServerWrite{NodeID: w.NodeID, Value: w.Value})
+	}
+	checkWritesReachedDevice(t, recs, received, tp)
+}
+
+// gopcua client → proxy → awcullen server.
+func TestOPCUAGopcuaClientAwcullenServer(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), "", ""), referencePolicy(t), trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	c := gopcuaClient(t, ctx, proxyURL(l))
+	if v, err := c.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil || v.Value() != 500.0 {
+		t.Fatalf("read: %v %v", v, err)
+	}
+	if resp, err := c.Write(ctx, writeReq(sim.OPCUASetpoint, 250.0)); err != nil || resp.Results[0] != ua.StatusOK || srv.value(t, awSetpoint) != 250.0 {
+		t.Fatalf("allowed write: %v %v", resp, err)
+	}
+	if _, err := c.Write(ctx, writeReq(sim.OPCUASetpoint, 1000.5)); !errors.Is(err, ua.StatusBadUserAccessDenied) {
+		t.Fatalf("denied write: err = %v, want StatusBadUserAccessDenied", err)
+	}
+	if v := srv.value(t, awSetpoint); v != 250.0 {
+		t.Fatalf("server setpoint %v after the denied write", v)
+	}
+	if v, err := c.Node(ua.MustParseNodeID(sim.OPCUASetpoint)).Value(ctx); err != nil || v.Value() != 250.0 {
+		t.Fatalf("read after deny: %v %v", v, err)
+	}
+	if resp, err := c.Write(ctx, writeReq(sim.OPCUAMode, "manual")); err != nil || resp.Results[0] != ua.StatusOK || srv.value(t, awMode) != "manual" {
+		t.Fatalf("write after deny: %v %v", resp, err)
+	}
+
+	recs := trail.checkDecisionsAudited(t, tp, 1)
+	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
+}
