@@ -539,3 +539,99 @@ func TestOPCUAGopcuaClientAwcullenServer(t *testing.T) {
 	recs := trail.checkDecisionsAudited(t, tp, 1)
 	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
 }
+
+// Sign (Basic256Sha256), awcullen client and server with self-signed
+// application certificates: requests are decided on the bodies as under
+// None; a deny closes both connections (the proxy cannot forge a signed
+// ServiceFault) and is audited, and nothing of the denied write reaches
+// the server.
+func TestOPCUAAwcullenSignMode(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), "      security_mode: sign", ""), referencePolicy(t), trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	cliCert, cliKey := selfSigned(t, "conduit awcullen client", "urn:conduit:test:awcullen-client")
+	// Behind a relay, to see the ERR the proxy sends: the client reports
+	// only that the channel closed (see below).
+	relay := startRecordingRelay(t, l.Addr().String())
+	c := awcullenDial(t, ctx, relay.url(),
+		awclient.WithClientCertificate(cliCert, cliKey),
+		awclient.WithSecurityPolicyURI(awua.SecurityPolicyURIBasic256Sha256, awua.MessageSecurityModeSign))
+	if c.SecurityMode() != awua.MessageSecurityModeSign || c.SecurityPolicyURI() != awua.SecurityPolicyURIBasic256Sha256 {
+		t.Fatalf("channel %s %v", c.SecurityPolicyURI(), c.SecurityMode())
+	}
+	if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 500.0 {
+		t.Fatalf("read: %v %v", v, err)
+	}
+	if res, err := c.Write(ctx, awWriteReq(awSetpoint, 250.0)); err != nil || res.Results[0] != awua.Good || srv.value(t, awSetpoint) != 250.0 {
+		t.Fatalf("allowed write: %v %v", res, err)
+	}
+	if res, err := c.Call(ctx, &awua.CallRequest{MethodsToCall: []awua.CallMethodRequest{{ObjectID: awLine1, MethodID: awReset, InputArguments: []awua.Variant{}}}}); err != nil || res.Results[0].StatusCode != awua.Good {
+		t.Fatalf("allowed call: %+v %v", res, err)
+	}
+
+	signConn := tp.count() - 1
+	sentBefore := len(tp.sent(signConn))
+	// awcullen/opcua's client ends its channel on an ERR and fails the
+	// pending request with BadSecureChannelClosed: the ERR's status code
+	// is not passed to the request. The ERR itself is checked on the wire.
+	if _, err := c.Write(ctx, awWriteReq(awSetpoint, 5000.0)); !errors.Is(err, awua.BadSecureChannelClosed) && !errors.Is(err, awua.BadUserAccessDenied) {
+		t.Fatalf("denied write on a signed channel: err = %v", err)
+	}
+	waitFor(t, "the ERR to the client", func() bool {
+		chunks := splitChunks(t, relay.received(relay.conns()-1))
+		last := chunks[len(chunks)-1]
+		return last.typ == "ERR" && len(last.raw) >= 12 && binary.LittleEndian.Uint32(last.raw[8:12]) == 0x801F0000
+	})
+	if v := srv.value(t, awSetpoint); v != 250.0 {
+		t.Fatalf("server setpoint %v after the denied write", v)
+	}
+	if _, err := awRead(ctx, c, awSetpoint); err == nil {
+		t.Fatal("read after a deny on a signed channel succeeded")
+	}
+	// Not one byte went upstream after the denied write arrived.
+	if sent := tp.sent(signConn); len(sent) != sentBefore {
+		t.Fatalf("%d bytes went upstream after the deny", len(sent)-sentBefore)
+	}
+
+	recs := trail.checkDecisionsAudited(t, tp, 1)
+	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
+	var denied, signedWrite audittest.Record
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if r.String("opcua.service") != "Write" {
+			continue
+		}
+		if r.HasType("denied") {
+			denied = r
+		} else {
+			signedWrite = r
+		}
+	}
+	if signedWrite == nil || signedWrite.String("opcua.security_mode") != "sign" || signedWrite.Bool("opcua.opaque") {
+		t.Errorf("allowed signed write record %v", signedWrite)
+	}
+	if denied == nil || denied.String("conduit.deny_action") != "close" || denied.String("opcua.status_code") != "0x801F0000" || denied.String("opcua.security_mode") != "sign" {
+		t.Fatalf("denied write record %v", denied)
+	}
+	waitFor(t, "the connection-close event of the deny", func() bool {
+		for _, r := range audittest.Filter(trail.records(t), audit.ActionConnectionClose) {
+			if strings.Contains(r.String("event.reason"), "request denied on a sign channel") {
+				return true
+			}
+		}
+		return false
+	})
+	// The signed OPN was opaque, with the client certificate.
+	var opn audittest.Record
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if r.String("opcua.service") == "OpenSecureChannel" && r.Bool("opcua.opaque") {
+			opn = r
+		}
+	}
+	if opn == nil || opn.String("opcua.client_certificate.subject") != "CN=conduit awcullen client" {
+		t.Errorf("signed OPN record %v", opn)
+	}
+}
