@@ -370,15 +370,15 @@ func TestOPCUAAwcullenNoneMode(t *testing.T) {
 		}
 		var acks []awua.SubscriptionAcknowledgement
 		// next publishes until the setpoint has the value want.
-		next := func(want float64) {
-			t.Helper()
+		// next publishes until the setpoint has the value want.
+		next := func(want float64) error {
 			for {
 				res, err := c.Publish(ctx, &awua.PublishRequest{
 					RequestHeader:                awua.RequestHeader{TimeoutHint: 10000},
 					SubscriptionAcknowledgements: acks,
 				})
 				if err != nil {
-					t.Fatalf("publish: %v", err)
+					return fmt.Errorf("publish: %w", err)
 				}
 				acks = nil
 				if len(res.NotificationMessage.NotificationData) > 0 {
@@ -391,17 +391,47 @@ func TestOPCUAAwcullenNoneMode(t *testing.T) {
 					}
 					for _, it := range dc.MonitoredItems {
 						if it.ClientHandle == 7 && it.Value.Value == want {
-							return
+							return nil
 						}
 					}
 				}
 			}
 		}
-		next(750) // the initial value
+		if err := next(750); err != nil { // the initial value
+			t.Fatal(err)
+		}
+		publishes := func() int {
+			n := 0
+			for _, r := range audittest.Filter(trail.records(t), audit.ActionRequest) {
+				if r.String("opcua.service") == "Publish" {
+					n++
+				}
+			}
+			return n
+		}
+		before := publishes()
+		got := make(chan error, 1)
+		go func() { got <- next(640) }()
+		// While that Publish is parked at the server, a denied write: the
+		// proxy's ServiceFault goes to the client between the server's
+		// responses, and the Publish response that follows is renumbered.
+		waitFor(t, "the Publish in flight", func() bool { return publishes() > before })
+		_, err = c.Write(ctx, awWriteReq(awSetpoint, 2000.0))
+		denials++
+		if !errors.Is(err, awua.BadUserAccessDenied) {
+			t.Fatalf("denied write with a Publish in flight: %v", err)
+		}
 		if res, err := c.Write(ctx, awWriteReq(awSetpoint, 640.0)); err != nil || res.Results[0] != awua.Good {
 			t.Fatalf("write: %v %v", res, err)
 		}
-		next(640) // the change, through a Publish parked at the server
+		select {
+		case err := <-got: // the change, through the parked Publish
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatal("no data change notification")
+		}
 		if _, err := c.DeleteSubscriptions(ctx, &awua.DeleteSubscriptionsRequest{SubscriptionIDs: []uint32{sub.SubscriptionID}}); err != nil {
 			t.Fatal(err)
 		}
