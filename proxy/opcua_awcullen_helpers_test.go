@@ -112,6 +112,12 @@ func startAwcullenServer(t testing.TB, opts awServerOptions) *awLineServer {
 		awserver.WithSecurityPolicyNone(true),
 		awserver.WithInsecureSkipVerify(),
 		awserver.WithAnonymousIdentity(true),
+		awserver.WithAuthenticateUserNameIdentityFunc(func(id awua.UserNameIdentity, _, _ string) error {
+			if id.UserName == "engineer1" && id.Password == "secret" {
+				return nil
+			}
+			return awua.BadUserAccessDenied
+		}),
 		awserver.WithServerDiagnostics(false),
 		awserver.WithServerCapabilities(caps),
 		awserver.WithRolePermissions([]awua.RolePermissionType{
@@ -425,6 +431,18 @@ func (a *auditTrail) checkDecisionsAudited(t *testing.T, tp *tap, wantDenied int
 	}
 	if err := audittest.CheckSequence(recs); err != nil {
 		t.Error(err)
+	}
+	// Every request after a session was activated on a connection runs in
+	// that session (until the channel closes).
+	activated := map[uint64]string{}
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		conn, svc := r.Uint("conduit.connection_id"), r.String("opcua.service")
+		if id, ok := activated[conn]; ok && svc != "CloseSecureChannel" && r.String("opcua.session.identity_type") != id {
+			t.Errorf("%s on connection %d: session %q, want %q", svc, conn, r.String("opcua.session.identity_type"), id)
+		}
+		if svc == "ActivateSession" && r.HasType("allowed") {
+			activated[conn] = r.String("opcua.session.identity_type")
+		}
 	}
 	for _, r := range audittest.Filter(recs, audit.ActionMalformed) {
 		t.Errorf("malformed-frame event: %s (%s)", r.String("event.reason"), r.String("rule.id"))

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/audit/audittest"
+	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/policy"
 	"github.com/conduit-ot/conduit/sim"
 )
 
@@ -663,5 +666,62 @@ func TestOPCUAAwcullenSignMode(t *testing.T) {
 	}
 	if opn == nil || opn.String("opcua.client_certificate.subject") != "CN=conduit awcullen client" {
 		t.Errorf("signed OPN record %v", opn)
+	}
+}
+
+// A user name session on a None channel: the awcullen server's user token
+// policy has the client encrypt the password (Basic256Sha256) even on a
+// None endpoint. The proxy reads the user name from the token (never the
+// password) and attributes the session's requests to it; a policy that
+// lets only engineer1 write refuses an anonymous session's write.
+func TestOPCUAAwcullenUserNameSession(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	tp := &tap{}
+	engineerWrites := &funcDecider{fn: func(in *policy.Input) policy.Decision {
+		if in.Op.Access != inspect.AccessWrite {
+			return policy.Decision{Allow: true, Reason: "not a write"}
+		}
+		if s := in.Op.OPCUA.Session; s != nil && s.IdentityType == "username" && s.UserName == "engineer1" {
+			return policy.Decision{Allow: true, Reason: "engineer1 writes"}
+		}
+		return policy.Decision{Reason: "only engineer1 writes"}
+	}}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), "", ""), engineerWrites, trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	eng := awcullenDial(t, ctx, proxyURL(l), awclient.WithUserNameIdentity("engineer1", "secret"))
+	anon := awcullenDial(t, ctx, proxyURL(l))
+	if res, err := eng.Write(ctx, awWriteReq(awSetpoint, 300.0)); err != nil || res.Results[0] != awua.Good || srv.value(t, awSetpoint) != 300.0 {
+		t.Fatalf("engineer1's write: %v %v", res, err)
+	}
+	if _, err := anon.Write(ctx, awWriteReq(awSetpoint, 400.0)); !errors.Is(err, awua.BadUserAccessDenied) {
+		t.Fatalf("anonymous write: err = %v, want BadUserAccessDenied", err)
+	}
+	if v := srv.value(t, awSetpoint); v != 300.0 {
+		t.Fatalf("server setpoint %v after the denied write", v)
+	}
+	if v, err := awRead(ctx, eng, awSetpoint); err != nil || v != 300.0 {
+		t.Fatalf("engineer1 reads %v %v", v, err)
+	}
+
+	recs := trail.checkDecisionsAudited(t, tp, 1)
+	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
+	var users []string
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if r.String("opcua.service") == "Write" {
+			users = append(users, r.String("opcua.session.identity_type")+":"+r.String("opcua.session.user_name"))
+		}
+	}
+	if len(users) != 2 || users[0] != "username:engineer1" || users[1] != "anonymous:" {
+		t.Fatalf("write sessions %v", users)
+	}
+	b, err := os.ReadFile(trail.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("secret")) {
+		t.Fatal("the password is in the audit file")
 	}
 }
