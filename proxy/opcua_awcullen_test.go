@@ -725,3 +725,47 @@ func TestOPCUAAwcullenUserNameSession(t *testing.T) {
 		t.Fatal("the password is in the audit file")
 	}
 }
+
+// The awcullen server checks the client's MaxChunkCount only while it
+// sends: a response needing more chunks than the HEL allowed goes out
+// chunk by chunk until the limit, then the server drops the connection
+// (no Abort chunk). The proxy holds it to the limit it negotiated (64
+// chunks): the 64th chunk that is not the final one ends that connection,
+// audited as malformed from upstream; other connections go on.
+func TestOPCUAAwcullenServerChunkCountIsEnforced(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{})
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), chunkLimits, ""), referencePolicy(t), trail.sink, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := awcullenDial(t, ctx, proxyURL(l))
+	bystander := awcullenDial(t, ctx, proxyURL(l))
+
+	// 400 000 characters: about 50 chunks of 8 KiB, within the 64 allowed.
+	big := strings.Repeat("x", 400000)
+	if res, err := c.Write(ctx, awWriteReq(awMode, big)); err != nil || res.Results[0] != awua.Good {
+		t.Fatalf("large write: %v %v", res, err)
+	}
+	// Reading it twice in one request needs about 100 chunks.
+	_, err := c.Read(ctx, &awua.ReadRequest{NodesToRead: []awua.ReadValueID{
+		{NodeID: awMode, AttributeID: awua.AttributeIDValue},
+		{NodeID: awMode, AttributeID: awua.AttributeIDValue},
+	}})
+	if err == nil {
+		t.Fatal("a response of more than 64 chunks passed")
+	}
+	var ev audittest.Record
+	waitFor(t, "the malformed-frame event", func() bool {
+		evs := audittest.Filter(trail.records(t), audit.ActionMalformed)
+		if len(evs) > 0 {
+			ev = evs[0]
+		}
+		return ev != nil
+	})
+	if ev.String("rule.id") != "framing.limit_chunk_count" || !strings.HasPrefix(ev.String("event.reason"), "upstream: ") {
+		t.Fatalf("malformed event %v", ev)
+	}
+	if v, err := awRead(ctx, bystander, awSetpoint); err != nil || v != 500.0 {
+		t.Fatalf("bystander: %v %v", v, err)
+	}
+}
