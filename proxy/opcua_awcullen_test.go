@@ -3,7 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -767,5 +769,55 @@ func TestOPCUAAwcullenServerChunkCountIsEnforced(t *testing.T) {
 	}
 	if v, err := awRead(ctx, bystander, awSetpoint); err != nil || v != 500.0 {
 		t.Fatalf("bystander: %v %v", v, err)
+	}
+}
+
+// SignAndEncrypt (Basic256Sha256): the proxy decides on the channel — the
+// security policy and the client certificate of the OpenSecureChannel —
+// and audits every later message as opaque. A policy pinning the awcullen
+// client's certificate lets its session through.
+func TestOPCUAAwcullenSignAndEncrypt(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{})
+	cliCert, cliKey := selfSigned(t, "conduit awcullen client", "urn:conduit:test:awcullen-client")
+	sum := sha1.Sum(cliCert)
+	pinned := hex.EncodeToString(sum[:])
+	pin := &funcDecider{fn: func(in *policy.Input) policy.Decision {
+		u := in.Op.OPCUA
+		if u.Opaque && u.SecurityPolicy == awua.SecurityPolicyURIBasic256Sha256 && u.ClientCertThumbprint == pinned {
+			return policy.Decision{Allow: true, Reason: "pinned certificate"}
+		}
+		if !u.Opaque && u.SecurityMode == "none" && in.Op.Access != inspect.AccessWrite {
+			return policy.Decision{Allow: true, Reason: "discovery"}
+		}
+		return policy.Decision{Reason: "encrypted channels need a pinned certificate"}
+	}}
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), "      security_mode: sign_and_encrypt", ""), pin, trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	c := awcullenDial(t, ctx, proxyURL(l),
+		awclient.WithClientCertificate(cliCert, cliKey),
+		awclient.WithSecurityPolicyURI(awua.SecurityPolicyURIBasic256Sha256, awua.MessageSecurityModeSignAndEncrypt))
+	if res, err := c.Write(ctx, awWriteReq(awSetpoint, 321.0)); err != nil || res.Results[0] != awua.Good || srv.value(t, awSetpoint) != 321.0 {
+		t.Fatalf("write over an encrypted channel: %v %v", res, err)
+	}
+	if v, err := awRead(ctx, c, awSetpoint); err != nil || v != 321.0 {
+		t.Fatalf("read: %v %v", v, err)
+	}
+	recs := trail.checkDecisionsAudited(t, tp, 0)
+	var opaque int
+	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+		if !r.Bool("opcua.opaque") {
+			continue
+		}
+		opaque++
+		if !r.HasType("allowed") || r.String("opcua.security_mode") != "sign_and_encrypt" || r.Has("opcua.writes") || r.Has("opcua.session") {
+			t.Fatalf("opaque record %v", r)
+		}
+	}
+	if opaque < 5 { // OPN, CreateSession, ActivateSession, the client's Read of the namespaces, Write, Read
+		t.Fatalf("%d opaque records", opaque)
 	}
 }
