@@ -170,27 +170,36 @@ func upstreamWriteRequests(t testing.TB, tp *tap) int {
 }
 
 // checkWritesReachedDevice compares what the device received with the
-// audit file: the same writes, in the same order, as the allowed Write
-// events; and as many WriteRequests upstream as allowed Write events.
+// audit file: the same writes (node and value; order aside, the server may
+// handle concurrent requests in any order) as the allowed Write events;
+// and as many WriteRequests upstream as allowed Write events.
 func checkWritesReachedDevice(t *testing.T, recs []audittest.Record, received []awServerWrite, tp *tap) {
 	t.Helper()
-	var allowed []auditedWrite
+	want := map[auditedWrite]int{}
 	for _, w := range auditedWrites(recs) {
 		if w.Allowed {
-			allowed = append(allowed, w)
+			want[w]++
 		}
 	}
-	var got []auditedWrite
+	got := map[auditedWrite]int{}
 	for _, w := range received {
-		got = append(got, auditedWrite{NodeID: w.NodeID, Value: fmt.Sprint(w.Value), Allowed: true})
+		got[auditedWrite{NodeID: w.NodeID, Value: fmt.Sprint(w.Value), Allowed: true}]++
 	}
-	if len(got) != len(allowed) {
-		t.Fatalf("the server received %d writes, the audit file allowed %d", len(got), len(allowed))
-	}
-	for i := range got {
-		if got[i] != allowed[i] {
-			t.Fatalf("write %d: the server received %s = %.40q, the audit file allowed %s = %.40q", i, got[i].NodeID, got[i].Value, allowed[i].NodeID, allowed[i].Value)
+	bad := false
+	for w, n := range got {
+		if want[w] != n {
+			bad = true
+			t.Errorf("the server received %s = %.40q %d times, the audit file allowed it %d times", w.NodeID, w.Value, n, want[w])
 		}
+	}
+	for w, n := range want {
+		if got[w] == 0 {
+			bad = true
+			t.Errorf("the audit file allowed %s = %.40q %d times, the server never received it", w.NodeID, w.Value, n)
+		}
+	}
+	if bad {
+		t.FailNow()
 	}
 	var allowedReqs int
 	for _, r := range audittest.Filter(recs, audit.ActionRequest) {
@@ -820,4 +829,62 @@ func TestOPCUAAwcullenSignAndEncrypt(t *testing.T) {
 	if opaque < 5 { // OPN, CreateSession, ActivateSession, the client's Read of the namespaces, Write, Read
 		t.Fatalf("%d opaque records", opaque)
 	}
+}
+
+// Eight goroutines share one awcullen client: reads, allowed writes, denied
+// writes and multi-chunk writes in flight together on one channel. Every
+// denial is answered to its own request, the others get the server's
+// answers, and the device received exactly the allowed writes.
+func TestOPCUAAwcullenConcurrentRequests(t *testing.T) {
+	trail := openAuditTrail(t)
+	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, strings.TrimPrefix(srv.url, "opc.tcp://"), chunkLimits, ""), referencePolicy(t), trail.sink, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := awcullenDial(t, ctx, proxyURL(l))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	denials := 0
+	errs := make(chan error, 1000)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				switch (g + i) % 4 {
+				case 0:
+					if _, err := awRead(ctx, c, awSetpoint); err != nil {
+						errs <- fmt.Errorf("read: %w", err)
+					}
+				case 1:
+					res, err := c.Write(ctx, awWriteReq(awSetpoint, float64(g*100+i)))
+					if err != nil || res.Results[0] != awua.Good {
+						errs <- fmt.Errorf("write: %v %v", res, err)
+					}
+				case 2:
+					_, err := c.Write(ctx, awWriteReq(awSetpoint, 5000.0+float64(i)))
+					mu.Lock()
+					denials++
+					mu.Unlock()
+					if !errors.Is(err, awua.BadUserAccessDenied) {
+						errs <- fmt.Errorf("denied write: %v", err)
+					}
+				case 3:
+					big := strings.Repeat(fmt.Sprint(g), 12000+i)
+					res, err := c.Write(ctx, awWriteReq(awMode, big))
+					if err != nil || res.Results[0] != awua.Good {
+						errs <- fmt.Errorf("big write: %v %v", res, err)
+					}
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	recs := trail.checkDecisionsAudited(t, tp, denials)
+	checkWritesReachedDevice(t, recs, srv.writesReceived(), tp)
 }
