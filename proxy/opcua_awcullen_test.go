@@ -225,7 +225,11 @@ func TestOPCUAAwcullenNoneMode(t *testing.T) {
 		// GetEndpoints through the proxy. The awcullen server answers
 		// with the URL the client asked with (here the proxy's), so this
 		// one has nothing to rewrite; the relay below has.
-		res, err := awclient.GetEndpoints(ctx, &awua.GetEndpointsRequest{EndpointURL: proxyURL(l)})
+		var res *awua.GetEndpointsResponse
+		err := awDiscoveryRace(t, func() (err error) {
+			res, err = awclient.GetEndpoints(ctx, &awua.GetEndpointsRequest{EndpointURL: proxyURL(l)})
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
