@@ -240,6 +240,37 @@ func TestOPCUAAwcullenNoneMode(t *testing.T) {
 			if ep.EndpointURL != proxyURL(l) {
 				t.Errorf("endpoint %s, want the proxy's %s", ep.EndpointURL, proxyURL(l))
 			}
+			// The server describes itself with its own URL: the
+			// proxy's must replace it.
+			if len(ep.Server.DiscoveryURLs) == 0 {
+				t.Error("the server lists no discovery URL: nothing proven")
+			}
+			for _, u := range ep.Server.DiscoveryURLs {
+				if u != proxyURL(l) {
+					t.Errorf("endpoint's discovery URL %s, want the proxy's %s (the server is %s)", u, proxyURL(l), srv.url)
+				}
+			}
+		}
+		// FindServers → a DiscoveryUrl → GetEndpoints, the discovery a
+		// client such as UaExpert starts with, must not lead around the
+		// proxy either.
+		var found *awua.FindServersResponse
+		err = awDiscoveryRace(t, func() (err error) {
+			found, err = awclient.FindServers(ctx, &awua.FindServersRequest{EndpointURL: proxyURL(l)})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(found.Servers) == 0 || len(found.Servers[0].DiscoveryURLs) == 0 {
+			t.Fatalf("FindServers: %+v", found.Servers)
+		}
+		for _, s := range found.Servers {
+			for _, u := range s.DiscoveryURLs {
+				if u != proxyURL(l) {
+					t.Errorf("FindServers discovery URL %s, want the proxy's %s (the server is %s)", u, proxyURL(l), srv.url)
+				}
+			}
 		}
 		// A client behind a relay, to see what it receives. Its
 		// GetEndpoints asks with the relay's URL, which the server echoes,

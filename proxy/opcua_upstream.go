@@ -134,7 +134,7 @@ func (u *uaConn) response(msg *opcua.Message) bool {
 	}
 	if msg.Type == opcua.MessageMsg {
 		u.session(p, msg.Body)
-		if mode == opcua.SecurityModeNone && (p.service == "GetEndpoints" || p.service == "CreateSession") {
+		if mode == opcua.SecurityModeNone && (p.service == "GetEndpoints" || p.service == "CreateSession" || p.service == "FindServers") {
 			return u.rewriteEndpoints(msg)
 		}
 	}
@@ -156,9 +156,10 @@ func (u *uaConn) session(p *uaPending, body []byte) {
 	u.mu.Unlock()
 }
 
-// rewriteEndpoints points the endpoint URLs of a GetEndpoints or
-// CreateSession response at the proxy, so that a client that discovers
-// through the proxy keeps connecting through it.
+// rewriteEndpoints points the endpoint and discovery URLs of a
+// GetEndpoints, CreateSession or FindServers response at the proxy, so that
+// a client that discovers through the proxy (FindServers → a DiscoveryUrl →
+// GetEndpoints → an EndpointUrl) keeps connecting through it.
 func (u *uaConn) rewriteEndpoints(msg *opcua.Message) bool {
 	target := endpointURL(u.h.endpoint, u.c.client.LocalAddr())
 	ok, err := u.rewriteLocked(msg, target)

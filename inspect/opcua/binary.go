@@ -206,15 +206,6 @@ func (r *reader) stringBytes() (b []byte, null bool) {
 	return b, null
 }
 
-// urlString reads a String and records its span for endpoint rewriting.
-func (r *reader) urlString() {
-	start := r.pos
-	r.stringBytes()
-	if r.err == nil && r.urls != nil {
-		*r.urls = append(*r.urls, span{start, r.pos})
-	}
-}
-
 // count reads an array length (Part 6 §5.2.5: Int32, -1 = null). Before the
 // caller allocates or loops, the count is checked against MaxArrayLength and
 // against the bytes left: n elements of at least minElem bytes each must fit.

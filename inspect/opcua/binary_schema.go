@@ -44,7 +44,7 @@ const (
 
 	kStruct      kind = 100
 	kArray       kind = 101
-	kEndpointURL kind = 102 // a String recorded for RewriteEndpointURLs
+	kEndpointURL kind = 102 // a String recorded for RewriteEndpointURLs (EndpointUrl, DiscoveryUrls)
 )
 
 var builtinNames = [...]string{
@@ -111,6 +111,7 @@ var (
 	tStatusCode      = reflect.TypeFor[ua.StatusCode]()
 	tTime            = reflect.TypeFor[time.Time]()
 	tEndpointDesc    = reflect.TypeFor[ua.EndpointDescription]()
+	tAppDesc         = reflect.TypeFor[ua.ApplicationDescription]()
 )
 
 // schemas compiles the schema of every standard structure once.
@@ -224,8 +225,12 @@ func compile(t reflect.Type, inProgress map[reflect.Type]bool) (*schema, error) 
 			if err != nil {
 				return nil, err
 			}
-			if t == tEndpointDesc && f.Name == "EndpointURL" {
+			switch {
+			case t == tEndpointDesc && f.Name == "EndpointURL":
 				fs = &schema{kind: kEndpointURL, name: "String", min: 4}
+			case t == tAppDesc && f.Name == "DiscoveryURLs":
+				url := &schema{kind: kEndpointURL, name: "String", min: 4}
+				fs = &schema{kind: kArray, name: "[]String", elem: url, min: 4}
 			}
 			s.fields = append(s.fields, field{name: f.Name, s: fs})
 			s.min += fs.min

@@ -85,8 +85,12 @@ func (r *reader) walk(s *schema, build bool) any {
 		}
 		return nil
 	case kEndpointURL:
-		r.urlString()
-		return nil
+		start := r.pos
+		v := r.builtin(kString, build)
+		if r.err == nil && r.urls != nil {
+			*r.urls = append(*r.urls, span{start, r.pos})
+		}
+		return v
 	}
 	return r.builtin(s.kind, build)
 }

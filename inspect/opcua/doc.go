@@ -50,7 +50,7 @@
 //
 // Server→client chunks go through the same Channel (Feed with
 // ServerToClient): ACK (clamp with ClampAcknowledge), OPN responses (channel
-// and token ids), responses (RewriteEndpoints for GetEndpoints and
+// and token ids), responses (RewriteEndpoints for GetEndpoints, FindServers and
 // CreateSession; ResponseTypeID tells which).
 //
 // Any error from Feed poisons the Channel (fail closed): close the

@@ -290,10 +290,12 @@ func ResponseTypeID(body []byte) (uint32, error) {
 	return n.Numeric, nil
 }
 
-// RewriteEndpointURLs decodes a GetEndpointsResponse or CreateSessionResponse
-// body exactly, replaces every EndpointDescription.EndpointUrl (in
-// CreateSessionResponse: those of ServerEndpoints) with rewrite(old), and
-// appends the re-encoded body to dst. Other responses are appended
+// RewriteEndpointURLs decodes a GetEndpointsResponse, CreateSessionResponse
+// or FindServersResponse body exactly, replaces every
+// EndpointDescription.EndpointUrl and every ApplicationDescription
+// DiscoveryUrl in it (the endpoints' Server descriptions, the servers
+// FindServers lists) with rewrite(old), and appends the re-encoded body to
+// dst. Other responses are appended
 // unchanged with changed == false. Everything but the URLs is copied byte
 // for byte. Only for SecurityMode None (a signature would no longer match).
 func RewriteEndpointURLs(dst, body []byte, rewrite func(string) string, l Limits) (out []byte, changed bool, err error) {
@@ -314,6 +316,8 @@ func RewriteEndpointURLs(dst, body []byte, rewrite func(string) string, l Limits
 			s = schemaFor[ua.GetEndpointsResponse]()
 		case id.CreateSessionResponse_Encoding_DefaultBinary:
 			s = schemaFor[ua.CreateSessionResponse]()
+		case id.FindServersResponse_Encoding_DefaultBinary:
+			s = schemaFor[ua.FindServersResponse]()
 		}
 	}
 	if s == nil {

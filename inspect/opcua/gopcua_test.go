@@ -385,7 +385,11 @@ func TestRewriteEndpointURLsGopcua(t *testing.T) {
 		if got.Endpoints[0].EndpointURL != "opc.tcp://conduit.example:14840" || got.Endpoints[1].EndpointURL != "opc.tcp://conduit.example:14840/other" {
 			t.Errorf("urls %q %q", got.Endpoints[0].EndpointURL, got.Endpoints[1].EndpointURL)
 		}
-		if !bytes.Equal(got.Endpoints[0].ServerCertificate, cert) || got.ResponseHeader.RequestHandle != 4 || got.Endpoints[0].Server.DiscoveryURLs[0] != "opc.tcp://plc:4840" {
+		// The server's discovery URLs lead through the proxy too.
+		if d := got.Endpoints[1].Server.DiscoveryURLs; len(d) != 1 || d[0] != "opc.tcp://conduit.example:14840/other" {
+			t.Errorf("discovery urls %q", d)
+		}
+		if !bytes.Equal(got.Endpoints[0].ServerCertificate, cert) || got.ResponseHeader.RequestHandle != 4 || got.Endpoints[0].Server.ApplicationURI != "urn:plc" || got.Endpoints[0].TransportProfileURI != "http://opcfoundation.org/UA-Profile/Transport/uatcp-uasc-uabinary" {
 			t.Error("other fields changed")
 		}
 		// Through the Channel: re-chunked within the negotiated size.
@@ -439,6 +443,32 @@ func TestRewriteEndpointURLsGopcua(t *testing.T) {
 			t.Errorf("got %+v", got.ServerEndpoints[0])
 		}
 		// Trailing garbage after the response is refused.
+		if _, _, err := RewriteEndpointURLs(nil, append(body, 0), rewrite, Limits{}); !errors.Is(err, ErrTrailingBytes) {
+			t.Errorf("trailing: %v", err)
+		}
+	})
+	t.Run("find_servers", func(t *testing.T) {
+		// FindServers → a DiscoveryUrl → GetEndpoints: every discovery URL
+		// of every listed server points at the proxy; nothing else changes.
+		srv := endpoint("opc.tcp://plc:4840/disc", nil).Server
+		srv.DiscoveryURLs = []string{"opc.tcp://plc:4840/disc", "opc.tcp://plc:4841"}
+		none := &ua.ApplicationDescription{ApplicationURI: "urn:other", ApplicationName: ua.NewLocalizedText("x"), ApplicationType: ua.ApplicationTypeClient}
+		body := withTypeID(t, id.FindServersResponse_Encoding_DefaultBinary, &ua.FindServersResponse{ResponseHeader: respHeader(9), Servers: []*ua.ApplicationDescription{srv, none}})
+		out, changed, err := RewriteEndpointURLs(nil, body, rewrite, Limits{})
+		if err != nil || !changed {
+			t.Fatal(changed, err)
+		}
+		_, v, err := ua.DecodeService(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := v.(*ua.FindServersResponse)
+		if d := got.Servers[0].DiscoveryURLs; len(d) != 2 || d[0] != "opc.tcp://conduit.example:14840/disc" || d[1] != "opc.tcp://plc:4841" {
+			t.Errorf("discovery urls %q", d)
+		}
+		if got.Servers[0].ApplicationURI != "urn:plc" || got.Servers[1].ApplicationURI != "urn:other" || len(got.Servers[1].DiscoveryURLs) != 0 || got.ResponseHeader.RequestHandle != 9 {
+			t.Errorf("other fields changed: %+v %+v", got.Servers[0], got.Servers[1])
+		}
 		if _, _, err := RewriteEndpointURLs(nil, append(body, 0), rewrite, Limits{}); !errors.Is(err, ErrTrailingBytes) {
 			t.Errorf("trailing: %v", err)
 		}
