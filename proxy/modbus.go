@@ -314,8 +314,9 @@ func (m *mbConn) take(adu []byte) bool {
 
 func setRequestEvent(r *mbRequest, d policy.Decision) {
 	r.ev = audit.Event{
-		Action:     audit.ActionRequest,
-		Outcome:    audit.OutcomeSuccess,
+		Action: audit.ActionRequest,
+		// No Outcome: the encoder derives it from the decision (success
+		// if allowed, failure if denied), as audit/FIELDS.md says.
 		Reason:     d.Reason,
 		DecisionID: d.ID,
 		Allowed:    d.Allow,

@@ -609,8 +609,9 @@ func (u *uaConn) writeUpstream(b []byte) bool {
 
 func (u *uaConn) requestEvent(d policy.Decision) *audit.Event {
 	u.ev = audit.Event{
-		Action:     audit.ActionRequest,
-		Outcome:    audit.OutcomeSuccess,
+		Action: audit.ActionRequest,
+		// No Outcome: the encoder derives it from the decision (success
+		// if allowed, failure if denied), as audit/FIELDS.md says.
 		Reason:     d.Reason,
 		DecisionID: d.ID,
 		Allowed:    d.Allow,

@@ -39,6 +39,17 @@ func TestDemo(t *testing.T) {
 	if err := audittest.CheckSequence(recs); err != nil {
 		t.Fatal(err)
 	}
+	// audit/FIELDS.md: a request event's outcome is success when allowed,
+	// failure when denied, so that a SIEM finds denials by event.outcome.
+	for _, r := range audittest.Filter(recs, "request") {
+		want := "failure"
+		if r.HasType("allowed") {
+			want = "success"
+		}
+		if got := r.String("event.outcome"); got != want {
+			t.Errorf("request event %d (%s): event.outcome %q, want %q", r.Seq(), r.String("event.reason"), got, want)
+		}
+	}
 	if n := len(audittest.AllowedWrites(recs)); n != 3 { // Modbus FC 6, OPC UA write, OPC UA call
 		t.Errorf("%d allowed write events, want 3", n)
 	}
