@@ -31,7 +31,7 @@ func Document(in *Input) (ast.Value, error) {
 }
 
 // DocumentJSON returns the input document of in as JSON, e.g. for
-// `conduit replay --dump-input` or to write example inputs.
+// `conduit replay --format json` or to write example inputs.
 func DocumentJSON(in *Input) ([]byte, error) {
 	v, err := Document(in)
 	if err != nil {
