@@ -722,7 +722,7 @@ func TestOPCUAAwcullenSignMode(t *testing.T) {
 // lets only engineer1 write refuses an anonymous session's write.
 func TestOPCUAAwcullenUserNameSession(t *testing.T) {
 	trail := openAuditTrail(t)
-	srv := startAwcullenServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
+	srv := startAwcullenUserNameServer(t, awServerOptions{onWrite: trail.auditedFirst(t)})
 	tp := &tap{}
 	engineerWrites := &funcDecider{fn: func(in *policy.Input) policy.Decision {
 		if in.Op.Access != inspect.AccessWrite {
