@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/conduit-ot/conduit/audit"
+)
+
+// Red-team attacks on the Modbus path that the other tests do not cover.
+
+// lateDevice answers a read of register 0 (value 0xAAAA) only when the
+// next request arrives, on the connection the read came on, and then
+// answers that request (value 0xBBBB) at once: a device whose answer comes
+// after the proxy's response timeout.
+func lateDevice(t *testing.T) string {
+	type held struct {
+		conn net.Conn
+		resp []byte
+	}
+	var mu sync.Mutex
+	var late []held
+	return fakeDevice(t, func(req []byte, conn net.Conn) {
+		v := byte(0xBB)
+		if req[8] == 0 && req[9] == 0 {
+			v = 0xAA
+		}
+		resp := []byte{req[0], req[1], 0, 0, 0, 5, req[6], req[7], 2, v, v}
+		mu.Lock()
+		defer mu.Unlock()
+		if v == 0xAA {
+			late = append(late, held{conn, resp})
+			return
+		}
+		for _, h := range late {
+			h.conn.Write(h.resp)
+		}
+		late = nil
+		conn.Write(resp)
+	})
+}
+
+func lateEvent(t *testing.T, rec *memRecorder, frame string) bool {
+	for _, ev := range rec.byAction(audit.ActionUnsolicited) {
+		if bytes.Equal(ev.Bytes, unhex(t, frame)) {
+			return true
+		}
+	}
+	return false
+}
+
+// A late answer is dropped, audited, and frees its transaction id.
+func TestLateAnswerIsDroppedAndAudited(t *testing.T) {
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, lateDevice(t), "    timeouts:\n      response: 200ms"), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	c.send("0005 0000 0006 01 03 0000 0001")
+	c.expect("0005 0000 0003 01 83 0b")
+	c.send("0006 0000 0006 01 03 0010 0001")
+	c.expect("0006 0000 0005 01 03 02 bbbb")
+	waitFor(t, "the late answer's event", func() bool { return lateEvent(t, rec, "0005 0000 0005 01 03 02 aaaa") })
+	c.send("0005 0000 0006 01 03 0010 0001")
+	c.expect("0005 0000 0005 01 03 02 bbbb")
+}
+
+// A late answer must never be paired with a later request that reuses its
+// transaction id: the client would read one register's value as another's.
+//
+// The device holds its answer to the read of register 0 past the response
+// timeout; the client, told 0x0B, reads register 0x10 with the same
+// transaction id (clients that number every request 1, or wrap, do). The
+// device sends the late answer, then the answer to the second read.
+// Before the fix the late answer (0xAAAA) was delivered as the value of
+// register 0x10 and the true answer was dropped as unsolicited.
+func TestLateAnswerIsNotPairedWithAReusedTransactionID(t *testing.T) {
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, lateDevice(t), "    timeouts:\n      response: 200ms"), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	for round := 0; round < 3; round++ {
+		c.send("0001 0000 0006 01 03 0000 0001")
+		c.expect("0001 0000 0003 01 83 0b")
+		c.send("0001 0000 0006 01 03 0010 0001")
+		got := c.recv()
+		if bytes.Equal(got, unhex(t, "0001 0000 0005 01 03 02 aaaa")) {
+			t.Fatalf("round %d: the late answer to register 0 was delivered as the answer to register 0x10", round)
+		}
+		if !bytes.Equal(got, unhex(t, "0001 0000 0005 01 03 02 bbbb")) {
+			t.Fatalf("round %d: answer % x", round, got)
+		}
+	}
+	// Requests with other ids still work on the same client connection.
+	c.send("0002 0000 0006 01 03 0010 0001")
+	c.expect("0002 0000 0005 01 03 02 bbbb")
+	if evs := rec.byAction(audit.ActionConnectionClose); len(evs) != 0 {
+		t.Fatalf("client connection closed: %+v", evs)
+	}
+}
+
+// Timed-out requests whose answers never come still count against
+// max_outstanding (the slot table stays bounded), and do not lock the
+// client out: once they fill it, the device connection holding them is
+// dropped and the next request goes out on a new one.
+func TestStaleSlotsAreBoundedAndRecycled(t *testing.T) {
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, lateDevice(t), "    max_outstanding: 2\n    timeouts:\n      response: 200ms"), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 03 0000 0001")
+	c.expect("0001 0000 0003 01 83 0b")
+	c.send("0002 0000 0006 01 03 0000 0001")
+	c.expect("0002 0000 0003 01 83 0b")
+	c.send("0003 0000 0006 01 03 0010 0001")
+	c.expect("0003 0000 0005 01 03 02 bbbb")
+	for _, frame := range []string{"0001 0000 0005 01 03 02 aaaa", "0002 0000 0005 01 03 02 aaaa"} {
+		if lateEvent(t, rec, frame) {
+			t.Fatalf("late answer %s read from a device connection that was dropped", frame)
+		}
+	}
+}
