@@ -603,14 +603,14 @@ func (m *mbConn) readResponses(up net.Conn) {
 			return
 		}
 		rr.out, rr.answered = rr.out[:0], 0
-		rr.take(adu)
-		for {
+		trusted := rr.take(adu)
+		for trusted {
 			n, err := modbus.FrameLength(rr.framer.Pending())
 			if n == 0 || err != nil {
 				break
 			}
 			adu, _ = rr.framer.Next()
-			rr.take(adu)
+			trusted = rr.take(adu)
 		}
 		if len(rr.out) > 0 {
 			if err := c.writeClient(rr.out); err != nil {
@@ -619,6 +619,13 @@ func (m *mbConn) readResponses(up net.Conn) {
 			}
 		}
 		m.release(rr.answered)
+		if !trusted {
+			// The device's framing cannot be trusted any more: drop its
+			// connection, as a client's would be; the next request dials
+			// again.
+			m.upstreamFailed(up, modbus.ExGatewayTargetFailedToRespond)
+			return
+		}
 	}
 }
 
@@ -635,8 +642,10 @@ type responseReader struct {
 }
 
 // take pairs one device response with its request, validates it and
-// appends the re-encoded response, or an exception, to out.
-func (rr *responseReader) take(adu []byte) {
+// appends the re-encoded response, or an exception, to out. false: the
+// response's MBAP length and PDU disagree, so the device connection's
+// framing cannot be trusted any more.
+func (rr *responseReader) take(adu []byte) bool {
 	m, l := rr.m, rr.m.h.l
 	tid := uint16(adu[0])<<8 | uint16(adu[1]) // the Framer returned a whole ADU
 	m.mu.Lock()
@@ -648,7 +657,7 @@ func (rr *responseReader) take(adu []byte) {
 		m.stale--
 		m.mu.Unlock()
 		m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("late response with transaction id %d, after its response timeout: dropped", tid), adu)
-		return
+		return true
 	}
 	var n int
 	if p != nil {
@@ -664,28 +673,34 @@ func (rr *responseReader) take(adu []byte) {
 		// Unsolicited, duplicated, or late on a connection already
 		// dropped: never delivered to the client.
 		m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("response with transaction id %d matches no request in flight", tid), adu)
-		return
+		return true
 	}
 	rr.answered++
 	if _, err := rr.req.Decode(rr.scratch[:n]); err != nil {
 		// Cannot happen: the request was decoded before it was forwarded.
 		// Fail closed anyway: an exception from what the header says.
 		rr.out = modbus.AppendException(rr.out, tid, rr.scratch[6], rr.scratch[7], modbus.ExServerDeviceFailure)
-		return
+		return true
 	}
 	if _, err := rr.resp.Decode(adu, &rr.req); err != nil {
-		m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
 		l.metrics.upstreamError("bad_response")
 		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
-		return
+		var fe *modbus.FramingError
+		if errors.As(err, &fe) {
+			m.malformed("upstream", fe.Reason, fe.Error(), adu)
+			return false
+		}
+		m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
+		return true
 	}
 	out, err := rr.resp.Append(rr.out)
 	if err != nil {
 		m.upstreamEvent(audit.ActionMalformed, "response cannot be re-encoded: "+err.Error(), adu)
 		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
-		return
+		return true
 	}
 	rr.out = out
+	return true
 }
 
 // upstreamEvent audits something the device sent that was not delivered.

@@ -118,3 +118,46 @@ func TestStaleSlotsAreBoundedAndRecycled(t *testing.T) {
 		}
 	}
 }
+
+// A device response whose MBAP length and PDU disagree (a read answer whose
+// length hides more bytes) cannot be trusted: like a client frame of that
+// kind it closes that connection, here the device one, with an audit
+// event; the client gets 0x0B and its connection lives on.
+func TestDeviceLengthSmugglingDropsTheDeviceConnection(t *testing.T) {
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	dev := fakeDevice(t, func(req []byte, conn net.Conn) {
+		mu.Lock()
+		first := len(conns) == 0
+		conns[conn] = true
+		mu.Unlock()
+		if first {
+			// Byte count 2, but the MBAP length covers 4 more bytes.
+			conn.Write([]byte{req[0], req[1], 0, 0, 0, 9, req[6], req[7], 2, 0x12, 0x34, 0x00, 0x02, 0x00, 0x00})
+			return
+		}
+		conn.Write([]byte{req[0], req[1], 0, 0, 0, 5, req[6], req[7], 2, 0x12, 0x34})
+	})
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, dev, ""), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 03 0000 0001")
+	c.expect("0001 0000 0003 01 83 0b")
+	c.send("0002 0000 0006 01 03 0000 0001")
+	c.expect("0002 0000 0005 01 03 02 1234")
+	mu.Lock()
+	n := len(conns)
+	mu.Unlock()
+	if n != 2 {
+		t.Fatalf("the device saw %d connections; the one that sent an untrusted frame must be dropped", n)
+	}
+	found := false
+	for _, ev := range rec.byAction(audit.ActionMalformed) {
+		if ev.Rule == "framing.length_mismatch" && ev.Outcome == audit.OutcomeFailure {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no framing event for the device's frame: %+v", rec.byAction(audit.ActionMalformed))
+	}
+}
