@@ -161,3 +161,38 @@ func TestDeviceLengthSmugglingDropsTheDeviceConnection(t *testing.T) {
 		t.Fatalf("no framing event for the device's frame: %+v", rec.byAction(audit.ActionMalformed))
 	}
 }
+
+// A device that sends part of a frame and stalls leaves its connection's
+// framing stuck: every later answer on it would be misframed or never
+// come. The requests time out (0x0B); once their stale slots fill
+// max_outstanding, the connection is dropped and the next request goes out
+// on a new one. Before, every later request on that client connection
+// timed out for as long as it lived.
+func TestDeviceStallingMidFrameIsRecycled(t *testing.T) {
+	var mu sync.Mutex
+	var first net.Conn
+	dev := fakeDevice(t, func(req []byte, conn net.Conn) {
+		mu.Lock()
+		if first == nil {
+			first = conn
+		}
+		stuck := conn == first
+		mu.Unlock()
+		if stuck {
+			if req[1] == 1 {
+				conn.Write(req[:3]) // part of a header, then nothing
+			}
+			return
+		}
+		conn.Write([]byte{req[0], req[1], 0, 0, 0, 5, req[6], req[7], 2, 0x12, 0x34})
+	})
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, dev, "    max_outstanding: 2\n    timeouts:\n      response: 200ms"), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 03 0000 0001")
+	c.expect("0001 0000 0003 01 83 0b")
+	c.send("0002 0000 0006 01 03 0000 0001")
+	c.expect("0002 0000 0003 01 83 0b")
+	c.send("0003 0000 0006 01 03 0000 0001")
+	c.expect("0003 0000 0005 01 03 02 1234")
+}
