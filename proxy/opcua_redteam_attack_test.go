@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -31,10 +32,11 @@ type rawUAServer struct {
 }
 
 type rawUAConn struct {
-	srv  *rawUAServer
-	conn net.Conn
-	mu   sync.Mutex
-	seq  uint32
+	srv     *rawUAServer
+	conn    net.Conn
+	partial map[uint32][]byte // the serve goroutine's
+	mu      sync.Mutex
+	seq     uint32
 }
 
 const rawUAChannel, rawUAToken = 7, 9
@@ -99,8 +101,7 @@ func (s *rawUAServer) serve(c *rawUAConn) {
 		case "OPN":
 			// Asymmetric header of a None OPN: channel id, policy,
 			// certificate, thumbprint; then the sequence header.
-			off := 12 + 4 + int(binary.LittleEndian.Uint32(b[12:])) + 8
-			reqID := binary.LittleEndian.Uint32(b[off+4:])
+			reqID := binary.LittleEndian.Uint32(b[16+int(binary.LittleEndian.Uint32(b[12:]))+8+4:])
 			body := typed(s.t, id.OpenSecureChannelResponse_Encoding_DefaultBinary, &ua.OpenSecureChannelResponse{
 				ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), ServiceDiagnostics: &ua.DiagnosticInfo{},
 					AdditionalHeader: ua.NewExtensionObject(nil)},
@@ -120,7 +121,19 @@ func (s *rawUAServer) serve(c *rawUAConn) {
 			c.mu.Unlock()
 		case "MSG":
 			reqID := binary.LittleEndian.Uint32(b[20:])
-			_, req, err := ua.DecodeService(b[24:])
+			if c.partial == nil {
+				c.partial = map[uint32][]byte{}
+			}
+			body := append(c.partial[reqID], b[24:]...)
+			if b[3] == 'C' {
+				c.partial[reqID] = body
+				continue
+			}
+			delete(c.partial, reqID)
+			if b[3] == 'A' {
+				continue
+			}
+			_, req, err := ua.DecodeService(body)
 			if err != nil {
 				s.t.Errorf("server: undecodable request: %v", err)
 				return
@@ -245,4 +258,204 @@ func TestOPCUALateResponseIsNotPairedWithAReusedRequestID(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// A server that answers a request it never received — the RequestId of a
+// write the proxy denied and answered with a ServiceFault — must not give
+// the client a second answer for it; the sequence numbers stay contiguous
+// around the injected fault and the dropped answer.
+func TestOPCUAServerAnswerToADeniedRequestIsDropped(t *testing.T) {
+	srv := startRawUAServer(t, func(c *rawUAConn, reqID uint32, req any) {
+		rr, ok := req.(*ua.ReadRequest)
+		if !ok {
+			return
+		}
+		// First a forged answer for the request before this one (the
+		// denied write), then the real one.
+		c.write(c.msg(reqID-1, readResponseBody(t, 77, 666)))
+		c.write(c.msg(reqID, readResponseBody(t, rr.RequestHeader.RequestHandle, 2.0)))
+	})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), denyWrites(), rec, nil)
+	addr := l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+
+	wid := c.request(writeBody(t, 77, "ns=1;s=A", 1.0))
+	b := c.mustRecv("MSGF")
+	faultSeq := binary.LittleEndian.Uint32(b[16:])
+	if got := binary.LittleEndian.Uint32(b[20:]); got != wid {
+		t.Fatalf("fault for request %d, want %d", got, wid)
+	}
+	for i := 0; i < 3; i++ {
+		rid := c.request(readBody(t, uint32(80+i), "ns=1;s=B"))
+		b := c.mustRecv("MSGF")
+		if got := binary.LittleEndian.Uint32(b[20:]); got != rid {
+			t.Fatalf("answer for request %d, want %d (a second answer for the denied write?)", got, rid)
+		}
+		if seq := binary.LittleEndian.Uint32(b[16:]); seq != faultSeq+1+uint32(i) {
+			t.Fatalf("sequence %d, want %d", seq, faultSeq+1+uint32(i))
+		}
+		_, svc, err := ua.DecodeService(b[24:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rr, ok := svc.(*ua.ReadResponse); !ok || rr.Results[0].Value.Value() != 2.0 {
+			t.Fatalf("answer %T %+v", svc, svc)
+		}
+	}
+	for _, req := range srv.received() {
+		if _, ok := req.(*ua.WriteRequest); ok {
+			t.Fatal("the denied write reached the server")
+		}
+	}
+	waitFor(t, "unsolicited events", func() bool { return len(rec.byAction(audit.ActionUnsolicited)) == 3 })
+}
+
+// An abort chunk from the client for a request the proxy already decided
+// and forwarded is withheld from the server (it never saw a partial
+// message to abort); the request's answer still comes, and the numbering
+// toward the server stays contiguous.
+func TestOPCUAClientAbortForAForwardedRequestIsWithheld(t *testing.T) {
+	var seqs []uint32
+	var kinds []string
+	held := make(chan func(), 1)
+	srv := startRawUAServer(t, func(c *rawUAConn, reqID uint32, req any) {
+		rr, ok := req.(*ua.ReadRequest)
+		if !ok {
+			return
+		}
+		resp := c.msg(reqID, readResponseBody(t, rr.RequestHeader.RequestHandle, 2.0))
+		if rr.RequestHeader.RequestHandle == 1 {
+			// Answer the first read only when the next request came.
+			held <- func() { c.write(resp) }
+			return
+		}
+		select {
+		case f := <-held:
+			f()
+		default:
+		}
+		c.write(resp)
+	})
+	tp := &tap{}
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), allowAll(), rec, tp)
+	addr := l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+	first := c.request(readBody(t, 1, "ns=1;s=B"))
+	// Abort the request already sent: Error (StatusCode) and Reason.
+	var abort []byte
+	abort = le32(abort, 0x80000000)
+	abort = uaString(abort, "changed my mind")
+	c.send(c.msgChunk('A', first, abort, 0))
+	second := c.request(readBody(t, 2, "ns=1;s=B"))
+	got := map[uint32]bool{}
+	for len(got) < 2 {
+		id, _ := c.response()
+		got[id] = true
+	}
+	if !got[first] || !got[second] {
+		t.Fatalf("answers for %v", got)
+	}
+	for _, ch := range splitChunks(t, tp.sent(0)) {
+		kinds = append(kinds, ch.typ+string(ch.chunkType))
+		if ch.typ == "MSG" {
+			seqs = append(seqs, ch.seq)
+		}
+	}
+	for _, k := range kinds {
+		if k == "MSGA" {
+			t.Fatalf("the abort chunk reached the server: %v", kinds)
+		}
+	}
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] != seqs[i-1]+1 {
+			t.Fatalf("sequence numbers toward the server %v", seqs)
+		}
+	}
+}
+
+// A write split over two chunks with a read between them: the write is
+// decided on its whole body (denied here, so nothing of it reaches the
+// server, not even its first chunk), the read goes on, and whatever the
+// server receives is numbered without gaps or reordering, in the order
+// it is sent.
+func TestOPCUAInterleavedChunksReachTheServerInSequence(t *testing.T) {
+	for _, deny := range []bool{true, false} {
+		name := "allowed"
+		d := allowAll()
+		if deny {
+			name, d = "denied", denyWrites()
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := startRawUAServer(t, func(c *rawUAConn, reqID uint32, req any) {
+				switch r := req.(type) {
+				case *ua.ReadRequest:
+					c.write(c.msg(reqID, readResponseBody(t, r.RequestHeader.RequestHandle, 2.0)))
+				case *ua.WriteRequest:
+					c.write(c.msg(reqID, typed(t, id.WriteResponse_Encoding_DefaultBinary, &ua.WriteResponse{
+						ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), RequestHandle: r.RequestHeader.RequestHandle,
+							ServiceDiagnostics: &ua.DiagnosticInfo{}, AdditionalHeader: ua.NewExtensionObject(nil)},
+						Results: []ua.StatusCode{ua.StatusOK},
+					})))
+				}
+			})
+			tp := &tap{}
+			l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), d, &memRecorder{}, tp)
+			addr := l.Addr().String()
+			c := dialUARaw(t, addr)
+			c.open(addr)
+			w := writeBody(t, 5, "ns=1;s=A", 1.0)
+			c.reqID++
+			wid := c.reqID
+			c.send(c.msgChunk('C', wid, w[:10], 0))
+			rid := c.request(readBody(t, 6, "ns=1;s=B"))
+			if got, _ := c.response(); got != rid {
+				t.Fatalf("answer for %d, want the read %d", got, rid)
+			}
+			c.send(c.msgChunk('F', wid, w[10:], 0))
+			if got, _ := c.response(); got != wid {
+				t.Fatalf("answer for %d, want the write %d", got, wid)
+			}
+			rid = c.request(readBody(t, 7, "ns=1;s=B"))
+			if got, _ := c.response(); got != rid {
+				t.Fatalf("answer for %d, want the read %d", got, rid)
+			}
+			var seqs []uint32
+			var kinds []string
+			waitFor(t, "the last read upstream", func() bool { return len(srv.received()) >= 2 })
+			for _, ch := range splitChunks(t, tp.sent(0)) {
+				if ch.typ == "OPN" {
+					seqs = append(seqs, opnSequence(ch.raw))
+				}
+				if ch.typ == "MSG" {
+					seqs = append(seqs, ch.seq)
+					kinds = append(kinds, fmt.Sprintf("%c/%d", ch.chunkType, ch.req))
+				}
+			}
+			writes := 0
+			for _, req := range srv.received() {
+				if _, ok := req.(*ua.WriteRequest); ok {
+					writes++
+				}
+			}
+			if deny && (writes != 0 || len(kinds) != 2) {
+				t.Fatalf("the denied write reached the server: %v", kinds)
+			}
+			for i := 1; i < len(seqs); i++ {
+				if seqs[i] != seqs[i-1]+1 {
+					t.Fatalf("sequence numbers toward the server %v (chunks %v)", seqs, kinds)
+				}
+			}
+		})
+	}
+}
+
+// opnSequence reads the sequence number of an OPN chunk under
+// SecurityPolicy None (no certificate, no thumbprint).
+func opnSequence(b []byte) uint32 {
+	off := 12 + 4 + int(binary.LittleEndian.Uint32(b[12:])) + 8
+	return binary.LittleEndian.Uint32(b[off:])
 }
