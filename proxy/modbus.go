@@ -127,7 +127,7 @@ type mbConn struct {
 	idle      chan struct{}
 }
 
-func (h *modbusHandler) serve(c *Conn) string {
+func (h *modbusHandler) serve(c *Conn) (reason string) {
 	m := &mbConn{
 		h:      h,
 		c:      c,
@@ -140,8 +140,26 @@ func (h *modbusHandler) serve(c *Conn) string {
 		Client:   c.src,
 		Identity: c.identity,
 	}
-	reason := m.readRequests()
-	m.stopTimer()
+	defer func() {
+		// A bug (here, in the parser or in a Decider) must not take the
+		// process down nor let a request through: the connection ends,
+		// audited, as on the OPC UA side.
+		if p := recover(); p != nil {
+			reason = m.internalError("client reader", p)
+		}
+		m.stopTimer()
+	}()
+	return m.readRequests()
+}
+
+// internalError turns a recovered panic into a closed connection and an
+// audit event.
+func (m *mbConn) internalError(where string, p any) string {
+	reason := fmt.Sprintf("internal error in %s: %v", where, p)
+	m.h.l.log.Error("Modbus handler panic", zap.Uint64("conn", m.c.id), zap.String("where", where), zap.Any("panic", p), zap.Stack("stack"))
+	ev := audit.Event{Action: audit.ActionMalformed, Outcome: audit.OutcomeFailure, Reason: reason, Rule: "proxy.panic"}
+	m.c.record(&ev)
+	m.c.close(reason)
 	return reason
 }
 
@@ -589,6 +607,11 @@ func (m *mbConn) upstream() (net.Conn, error) {
 // answered before the next read, in one write to the client.
 func (m *mbConn) readResponses(up net.Conn) {
 	c, l := m.c, m.h.l
+	defer func() {
+		if p := recover(); p != nil {
+			m.internalError("upstream reader", p)
+		}
+	}()
 	rr := &responseReader{m: m, up: up, framer: modbus.NewFramerSize(up, framerSize)}
 	for {
 		adu, err := rr.framer.Next()
@@ -822,6 +845,11 @@ func (m *mbConn) armTimerLocked(at time.Time) {
 // exception 0x0B, as a gateway does. Their slots stay, stale, until the
 // late answer comes (dropped) or their device connection is dropped.
 func (m *mbConn) expire() {
+	defer func() {
+		if p := recover(); p != nil {
+			m.internalError("response timer", p)
+		}
+	}()
 	now := time.Now()
 	m.mu.Lock()
 	m.timerAt = time.Time{}

@@ -3,10 +3,13 @@ package proxy
 import (
 	"bytes"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/policy"
 )
 
 // Red-team attacks on the Modbus path that the other tests do not cover.
@@ -195,4 +198,40 @@ func TestDeviceStallingMidFrameIsRecycled(t *testing.T) {
 	c.expect("0002 0000 0003 01 83 0b")
 	c.send("0003 0000 0006 01 03 0000 0001")
 	c.expect("0003 0000 0005 01 03 02 1234")
+}
+
+// A panic while a request is handled (here in a Decider; the same holds
+// for a parser bug) ends that connection, audited, and forwards nothing;
+// the process and the other connections go on. Before, the Modbus handler
+// had no recover (the OPC UA one had): one bad request took the whole
+// proxy down.
+func TestPanicEndsOnlyThatConnection(t *testing.T) {
+	plc := startPLC(t)
+	d := &funcDecider{fn: func(in *policy.Input) policy.Decision {
+		if in.Op.Access == inspect.AccessWrite {
+			panic("decider bug")
+		}
+		return policy.Decision{Allow: true, Reason: "read"}
+	}}
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, plc.Addr(), ""), d, rec)
+	bystander := dialRaw(t, l.Addr().String())
+	bystander.send("0001 0000 0006 01 03 0000 0001")
+	bystander.expect("0001 0000 0005 01 03 02 0000")
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 06 0001 0005")
+	c.expectClosed()
+	if plc.Requests() != 1 {
+		t.Fatalf("the device received %d requests, want only the bystander's read", plc.Requests())
+	}
+	waitFor(t, "the panic's event", func() bool {
+		for _, ev := range rec.byAction(audit.ActionMalformed) {
+			if ev.Rule == "proxy.panic" && strings.Contains(ev.Reason, "decider bug") {
+				return true
+			}
+		}
+		return false
+	})
+	bystander.send("0002 0000 0006 01 03 0000 0001")
+	bystander.expect("0002 0000 0005 01 03 02 0000")
 }
