@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ type rawUAConn struct {
 	partial map[uint32][]byte // the serve goroutine's
 	mu      sync.Mutex
 	seq     uint32
+	tok     uint32 // the token of its MSG chunks; 0: rawUAToken
 }
 
 const rawUAChannel, rawUAToken = 7, 9
@@ -159,9 +161,13 @@ func (c *rawUAConn) msg(reqID uint32, body []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
+	tok := c.tok
+	if tok == 0 {
+		tok = rawUAToken
+	}
 	var b []byte
 	b = le32(b, rawUAChannel)
-	b = le32(b, rawUAToken)
+	b = le32(b, tok)
 	b = le32(b, c.seq)
 	b = le32(b, reqID)
 	return header("MSG", 'F', append(b, body...))
@@ -458,4 +464,67 @@ func TestOPCUAInterleavedChunksReachTheServerInSequence(t *testing.T) {
 func opnSequence(b []byte) uint32 {
 	off := 12 + 4 + int(binary.LittleEndian.Uint32(b[12:])) + 8
 	return binary.LittleEndian.Uint32(b[off:])
+}
+
+// A server that sends OpenSecureChannel responses nobody asked for, each
+// with a new token: the proxy's channel must not take the tokens from them
+// (it then refused the client's own, still valid, token and blamed the
+// client). The forged OPN is the server's fault: audited as a malformed
+// upstream message, the client gets an ERR.
+func TestOPCUAUnsolicitedOpenResponseIsTheServersFault(t *testing.T) {
+	srv := startRawUAServer(t, func(c *rawUAConn, reqID uint32, req any) {
+		rr, ok := req.(*ua.ReadRequest)
+		if !ok {
+			return
+		}
+		if rr.RequestHeader.RequestHandle == 1 {
+			for tok := uint32(10); tok <= 11; tok++ {
+				body := typed(t, id.OpenSecureChannelResponse_Encoding_DefaultBinary, &ua.OpenSecureChannelResponse{
+					ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), ServiceDiagnostics: &ua.DiagnosticInfo{},
+						AdditionalHeader: ua.NewExtensionObject(nil)},
+					SecurityToken: &ua.ChannelSecurityToken{ChannelID: rawUAChannel, TokenID: tok, CreatedAt: time.Now(), RevisedLifetime: 600000},
+					ServerNonce:   []byte{},
+				})
+				var h []byte
+				h = le32(h, rawUAChannel)
+				h = uaString(h, policyNone)
+				h = le32(h, 0xFFFFFFFF)
+				h = le32(h, 0xFFFFFFFF)
+				c.mu.Lock()
+				c.seq++
+				h = le32(h, c.seq)
+				h = le32(h, 900+tok)
+				c.conn.Write(header("OPN", 'F', append(h, body...)))
+				c.tok = tok
+				c.mu.Unlock()
+			}
+		}
+		c.write(c.msg(reqID, readResponseBody(t, rr.RequestHeader.RequestHandle, 2.0)))
+	})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), allowAll(), rec, nil)
+	addr := l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+	c.request(readBody(t, 1, "ns=1;s=B"))
+	// Whatever came before, the connection ends with an ERR.
+	for {
+		typ, _, err := c.recv()
+		if err != nil {
+			break
+		}
+		if typ == "ERRF" {
+			break
+		}
+		// The read's answer got through: the client goes on with the
+		// token it was given.
+		c.request(readBody(t, 2, "ns=1;s=B"))
+	}
+	c.expectClosed()
+	waitFor(t, "the malformed event", func() bool { return len(rec.byAction(audit.ActionMalformed)) > 0 })
+	for _, ev := range rec.byAction(audit.ActionMalformed) {
+		if !strings.HasPrefix(ev.Reason, "upstream:") {
+			t.Fatalf("the client was blamed for the server's forged OPN: %q (%s)", ev.Reason, ev.Rule)
+		}
+	}
 }
