@@ -27,6 +27,7 @@ type rawUAServer struct {
 	t      *testing.T
 	addr   string
 	handle func(s *rawUAConn, reqID uint32, req any)
+	seq0   uint32 // the number before the server's first chunk
 
 	mu   sync.Mutex
 	msgs []any // every MSG request received, decoded
@@ -45,19 +46,26 @@ const rawUAChannel, rawUAToken = 7, 9
 
 func startRawUAServer(t *testing.T, handle func(s *rawUAConn, reqID uint32, req any)) *rawUAServer {
 	t.Helper()
+	return startRawUAServerAt(t, 0, handle)
+}
+
+// startRawUAServerAt starts a rawUAServer whose first sequence number
+// follows seq0.
+func startRawUAServerAt(t *testing.T, seq0 uint32, handle func(s *rawUAConn, reqID uint32, req any)) *rawUAServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	s := &rawUAServer{t: t, addr: ln.Addr().String(), handle: handle}
+	s := &rawUAServer{t: t, addr: ln.Addr().String(), handle: handle, seq0: seq0}
 	go func() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go s.serve(&rawUAConn{srv: s, conn: conn})
+			go s.serve(&rawUAConn{srv: s, conn: conn, seq: s.seq0})
 		}
 	}()
 	return s
@@ -160,6 +168,9 @@ func (c *rawUAConn) write(b []byte) {
 func (c *rawUAConn) msg(reqID uint32, body []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.seq >= 4294966271 {
+		c.seq = 0 // wrap (Part 6 §6.7.2.4): the next number is 1
+	}
 	c.seq++
 	tok := c.tok
 	if tok == 0 {
@@ -525,6 +536,67 @@ func TestOPCUAUnsolicitedOpenResponseIsTheServersFault(t *testing.T) {
 	for _, ev := range rec.byAction(audit.ActionMalformed) {
 		if !strings.HasPrefix(ev.Reason, "upstream:") {
 			t.Fatalf("the client was blamed for the server's forged OPN: %q (%s)", ev.Reason, ev.Rule)
+		}
+	}
+}
+
+func sequenceFollows(prev, next uint32) bool {
+	return next == prev+1 || (prev >= 4294966271 && next < 1024)
+}
+
+// Many denials across the client's and the server's sequence number wrap:
+// every number the server and the client receive follows the one before
+// (Part 6 §6.7.2.4), around withheld requests and injected ServiceFaults.
+func TestOPCUARenumberingAcrossTheWrap(t *testing.T) {
+	srv := startRawUAServerAt(t, 4294966271-5, func(c *rawUAConn, reqID uint32, req any) {
+		if rr, ok := req.(*ua.ReadRequest); ok {
+			c.write(c.msg(reqID, readResponseBody(t, rr.RequestHeader.RequestHandle, 2.0)))
+		}
+	})
+	tp := &tap{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), denyWrites(), &memRecorder{}, tp)
+	addr := l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.seq = 4294966271 - 12
+	c.open(addr)
+	var fromProxy []uint32
+	for i := 0; i < 30; i++ {
+		if c.seq >= 4294966271 {
+			c.seq = 0 // the client wraps: its next number is 1
+		}
+		var want uint32
+		if i%3 == 0 {
+			want = c.request(readBody(t, uint32(i), "ns=1;s=B"))
+		} else {
+			want = c.request(writeBody(t, uint32(i), "ns=1;s=A", 1.0))
+		}
+		b := c.mustRecv("MSGF")
+		if got := binary.LittleEndian.Uint32(b[20:]); got != want {
+			t.Fatalf("answer for %d, want %d", got, want)
+		}
+		fromProxy = append(fromProxy, binary.LittleEndian.Uint32(b[16:]))
+	}
+	for i := 1; i < len(fromProxy); i++ {
+		if !sequenceFollows(fromProxy[i-1], fromProxy[i]) {
+			t.Fatalf("client received %d after %d: %v", fromProxy[i], fromProxy[i-1], fromProxy)
+		}
+	}
+	var toServer []uint32
+	waitFor(t, "the reads at the server", func() bool { return len(srv.received()) == 10 })
+	for _, ch := range splitChunks(t, tp.sent(0)) {
+		switch ch.typ {
+		case "OPN":
+			toServer = append(toServer, opnSequence(ch.raw))
+		case "MSG":
+			toServer = append(toServer, ch.seq)
+		}
+	}
+	if len(toServer) != 11 {
+		t.Fatalf("the server received %d chunks, want the OPN and 10 reads", len(toServer))
+	}
+	for i := 1; i < len(toServer); i++ {
+		if !sequenceFollows(toServer[i-1], toServer[i]) {
+			t.Fatalf("server received %d after %d: %v", toServer[i], toServer[i-1], toServer)
 		}
 	}
 }
