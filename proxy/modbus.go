@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,8 +57,16 @@ const maxBurst = 32
 
 // pending is a forwarded request waiting for its response. The request ADU
 // is copied in, so the client framer can move on.
+//
+// A request whose response timed out stays as a stale slot: its answer may
+// still come, and it must then be dropped, not paired with a later request
+// that reuses the transaction id. A stale slot is freed by that late
+// answer, or by dropping the device connection it was sent on (see
+// retireStale).
 type pending struct {
 	used     bool
+	stale    bool     // answered with 0x0B; waiting only for a late answer
+	up       net.Conn // the device connection it was sent on
 	tid      uint16
 	deadline time.Time
 	n        int
@@ -107,6 +116,7 @@ type mbConn struct {
 	mu       sync.Mutex // guards everything below
 	pend     []pending  // grows to the requests in flight
 	inflight int        // forwarded, waiting for the device (used pend slots)
+	stale    int        // stale pend slots (timed out, see pending)
 	// answering counts requests paired with their response (or expired,
 	// or failed) whose answer is not yet written to the client: a drain
 	// or half-close waits for them too.
@@ -117,7 +127,7 @@ type mbConn struct {
 	idle      chan struct{}
 }
 
-func (h *modbusHandler) serve(c *Conn) string {
+func (h *modbusHandler) serve(c *Conn) (reason string) {
 	m := &mbConn{
 		h:      h,
 		c:      c,
@@ -130,8 +140,26 @@ func (h *modbusHandler) serve(c *Conn) string {
 		Client:   c.src,
 		Identity: c.identity,
 	}
-	reason := m.readRequests()
-	m.stopTimer()
+	defer func() {
+		// A bug (here, in the parser or in a Decider) must not take the
+		// process down nor let a request through: the connection ends,
+		// audited, as on the OPC UA side.
+		if p := recover(); p != nil {
+			reason = m.internalError("client reader", p)
+		}
+		m.stopTimer()
+	}()
+	return m.readRequests()
+}
+
+// internalError turns a recovered panic into a closed connection and an
+// audit event.
+func (m *mbConn) internalError(where string, p any) string {
+	reason := fmt.Sprintf("internal error in %s: %v", where, p)
+	m.h.l.log.Error("Modbus handler panic", zap.Uint64("conn", m.c.id), zap.String("where", where), zap.Any("panic", p), zap.Stack("stack"))
+	ev := audit.Event{Action: audit.ActionMalformed, Outcome: audit.OutcomeFailure, Reason: reason, Rule: "proxy.panic"}
+	m.c.record(&ev)
+	m.c.close(reason)
 	return reason
 }
 
@@ -342,14 +370,49 @@ func (m *mbConn) admit(r *mbRequest) string {
 		}
 	}
 	m.mu.Lock()
+	if p := m.findLocked(tid); p != nil && p.stale {
+		// The id timed out but the device may still answer it: that
+		// answer must not be paired with this request. Drop the device
+		// connection it was sent on, so it can never arrive.
+		up := p.up
+		m.mu.Unlock()
+		m.retireStale(up)
+		m.mu.Lock()
+	}
+	if m.inflight+queued+m.stale >= limit && m.stale > 0 {
+		// Stale slots count: a device that never answers must not make
+		// the table grow. Free them with their connections.
+		m.mu.Unlock()
+		m.retireStale(nil)
+		m.mu.Lock()
+	}
 	defer m.mu.Unlock()
-	if m.inflight+queued >= limit {
+	if m.inflight+queued+m.stale >= limit {
 		return fmt.Sprintf("outstanding request limit (%d) reached", limit)
 	}
 	if m.findLocked(tid) != nil {
 		return fmt.Sprintf("transaction id %d is already in flight", tid)
 	}
 	return ""
+}
+
+// retireStale drops the device connection up (nil: every connection that
+// holds a stale slot), so that no late answer can arrive on it; the
+// requests still in flight on it are answered with 0x0B.
+func (m *mbConn) retireStale(up net.Conn) {
+	var ups []net.Conn
+	m.mu.Lock()
+	for i := range m.pend {
+		p := &m.pend[i]
+		if p.used && p.stale && (up == nil || p.up == up) && !slices.Contains(ups, p.up) {
+			ups = append(ups, p.up)
+		}
+	}
+	m.mu.Unlock()
+	for _, u := range ups {
+		m.h.l.log.Info("dropping the device connection: a timed-out request's answer may still come", zap.Uint64("conn", m.c.id))
+		m.upstreamFailed(u, modbus.ExGatewayTargetFailedToRespond)
+	}
 }
 
 // flush records the burst's audit events with one wait, forwards the
@@ -469,7 +532,7 @@ func (m *mbConn) forward() {
 			continue
 		}
 		p := m.freeLocked()
-		p.used = true
+		p.used, p.stale, p.up = true, false, up
 		p.tid = r.req.TransactionID
 		p.n = copy(p.adu[:], r.adu)
 		p.deadline = deadline
@@ -545,7 +608,12 @@ func (m *mbConn) upstream() (net.Conn, error) {
 // answered before the next read, in one write to the client.
 func (m *mbConn) readResponses(up net.Conn) {
 	c, l := m.c, m.h.l
-	rr := &responseReader{m: m, framer: modbus.NewFramerSize(up, framerSize)}
+	defer func() {
+		if p := recover(); p != nil {
+			m.internalError("upstream reader", p)
+		}
+	}()
+	rr := &responseReader{m: m, up: up, framer: modbus.NewFramerSize(up, framerSize)}
 	for {
 		adu, err := rr.framer.Next()
 		if err != nil {
@@ -559,14 +627,14 @@ func (m *mbConn) readResponses(up net.Conn) {
 			return
 		}
 		rr.out, rr.answered = rr.out[:0], 0
-		rr.take(adu)
-		for {
+		trusted := rr.take(adu)
+		for trusted {
 			n, err := modbus.FrameLength(rr.framer.Pending())
 			if n == 0 || err != nil {
 				break
 			}
 			adu, _ = rr.framer.Next()
-			rr.take(adu)
+			trusted = rr.take(adu)
 		}
 		if len(rr.out) > 0 {
 			if err := c.writeClient(rr.out); err != nil {
@@ -575,12 +643,20 @@ func (m *mbConn) readResponses(up net.Conn) {
 			}
 		}
 		m.release(rr.answered)
+		if !trusted {
+			// The device's framing cannot be trusted any more: drop its
+			// connection, as a client's would be; the next request dials
+			// again.
+			m.upstreamFailed(up, modbus.ExGatewayTargetFailedToRespond)
+			return
+		}
 	}
 }
 
 // responseReader is the state of the response side (its goroutine only).
 type responseReader struct {
 	m        *mbConn
+	up       net.Conn // the device connection read
 	framer   *modbus.Framer
 	req      modbus.Request
 	resp     modbus.Response
@@ -590,48 +666,65 @@ type responseReader struct {
 }
 
 // take pairs one device response with its request, validates it and
-// appends the re-encoded response, or an exception, to out.
-func (rr *responseReader) take(adu []byte) {
+// appends the re-encoded response, or an exception, to out. false: the
+// response's MBAP length and PDU disagree, so the device connection's
+// framing cannot be trusted any more.
+func (rr *responseReader) take(adu []byte) bool {
 	m, l := rr.m, rr.m.h.l
 	tid := uint16(adu[0])<<8 | uint16(adu[1]) // the Framer returned a whole ADU
 	m.mu.Lock()
-	p := m.findLocked(tid)
+	p := m.findOnLocked(tid, rr.up)
+	if p != nil && p.stale {
+		// The late answer to a request that timed out: its client got
+		// 0x0B already.
+		p.used, p.stale, p.up = false, false, nil
+		m.stale--
+		m.mu.Unlock()
+		m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("late response with transaction id %d, after its response timeout: dropped", tid), adu)
+		return true
+	}
 	var n int
 	if p != nil {
 		// Paired: the slot is free for a new request with this id. The
 		// request still counts as in flight until its answer is written.
 		n = copy(rr.scratch[:], p.adu[:p.n])
-		p.used = false
+		p.used, p.up = false, nil
 		m.inflight--
 		m.answering++
 	}
 	m.mu.Unlock()
 	if p == nil {
-		// Unsolicited, late (after a response timeout) or duplicated:
-		// never delivered to the client.
+		// Unsolicited, duplicated, or late on a connection already
+		// dropped: never delivered to the client.
 		m.upstreamEvent(audit.ActionUnsolicited, fmt.Sprintf("response with transaction id %d matches no request in flight", tid), adu)
-		return
+		return true
 	}
 	rr.answered++
 	if _, err := rr.req.Decode(rr.scratch[:n]); err != nil {
 		// Cannot happen: the request was decoded before it was forwarded.
 		// Fail closed anyway: an exception from what the header says.
 		rr.out = modbus.AppendException(rr.out, tid, rr.scratch[6], rr.scratch[7], modbus.ExServerDeviceFailure)
-		return
+		return true
 	}
 	if _, err := rr.resp.Decode(adu, &rr.req); err != nil {
-		m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
 		l.metrics.upstreamError("bad_response")
 		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
-		return
+		var fe *modbus.FramingError
+		if errors.As(err, &fe) {
+			m.malformed("upstream", fe.Reason, fe.Error(), adu)
+			return false
+		}
+		m.upstreamEvent(audit.ActionMalformed, "invalid response from device: "+err.Error(), adu)
+		return true
 	}
 	out, err := rr.resp.Append(rr.out)
 	if err != nil {
 		m.upstreamEvent(audit.ActionMalformed, "response cannot be re-encoded: "+err.Error(), adu)
 		rr.out = rr.req.AppendException(rr.out, modbus.ExGatewayTargetFailedToRespond)
-		return
+		return true
 	}
 	rr.out = out
+	return true
 }
 
 // upstreamEvent audits something the device sent that was not delivered.
@@ -645,6 +738,16 @@ func (m *mbConn) findLocked(tid uint16) *pending {
 		if m.pend[i].used && m.pend[i].tid == tid {
 			return &m.pend[i]
 		}
+	}
+	return nil
+}
+
+// findOnLocked finds the request with transaction id tid sent on the device
+// connection up: an answer read on one connection never pairs with a
+// request sent on another.
+func (m *mbConn) findOnLocked(tid uint16, up net.Conn) *pending {
+	if p := m.findLocked(tid); p != nil && p.up == up {
+		return p
 	}
 	return nil
 }
@@ -665,27 +768,40 @@ func (m *mbConn) release(n int) {
 }
 
 // upstreamFailed drops the device connection and answers every request in
-// flight with code; the next request dials again.
+// flight on it with code; the next request dials again. The stale slots of
+// the connection are freed: no late answer can come any more.
 func (m *mbConn) upstreamFailed(up net.Conn, code uint8) {
 	m.mu.Lock()
 	if m.up == up {
 		m.up = nil
 	}
-	failed := m.takeAllLocked(func(*pending) bool { return true })
+	for i := range m.pend {
+		if p := &m.pend[i]; p.used && p.stale && p.up == up {
+			p.used, p.stale, p.up = false, false, nil
+			m.stale--
+		}
+	}
+	failed := m.takeAllLocked(func(p *pending) bool { return p.up == up }, false)
 	m.mu.Unlock()
 	m.c.dropUpstream(up)
 	m.answerFailed(failed, code)
 }
 
-// takeAllLocked frees the pending requests that match and returns copies
-// of their ADUs; they stay in flight until answerFailed answered them.
-func (m *mbConn) takeAllLocked(match func(*pending) bool) [][]byte {
+// takeAllLocked frees the pending requests that match (stale: keeps their
+// slots as stale ones) and returns copies of their ADUs; they stay in
+// flight until answerFailed answered them.
+func (m *mbConn) takeAllLocked(match func(*pending) bool, stale bool) [][]byte {
 	var taken [][]byte
 	for i := range m.pend {
 		p := &m.pend[i]
-		if p.used && match(p) {
+		if p.used && !p.stale && match(p) {
 			taken = append(taken, append([]byte(nil), p.adu[:p.n]...))
-			p.used = false
+			if stale {
+				p.stale = true
+				m.stale++
+			} else {
+				p.used, p.up = false, nil
+			}
 			m.inflight--
 			m.answering++
 		}
@@ -727,15 +843,21 @@ func (m *mbConn) armTimerLocked(at time.Time) {
 }
 
 // expire answers requests whose response did not come in time with
-// exception 0x0B, as a gateway does.
+// exception 0x0B, as a gateway does. Their slots stay, stale, until the
+// late answer comes (dropped) or their device connection is dropped.
 func (m *mbConn) expire() {
+	defer func() {
+		if p := recover(); p != nil {
+			m.internalError("response timer", p)
+		}
+	}()
 	now := time.Now()
 	m.mu.Lock()
 	m.timerAt = time.Time{}
-	expired := m.takeAllLocked(func(p *pending) bool { return !p.deadline.After(now) })
+	expired := m.takeAllLocked(func(p *pending) bool { return !p.deadline.After(now) }, true)
 	var oldest time.Time
 	for i := range m.pend {
-		if p := &m.pend[i]; p.used && (oldest.IsZero() || p.deadline.Before(oldest)) {
+		if p := &m.pend[i]; p.used && !p.stale && (oldest.IsZero() || p.deadline.Before(oldest)) {
 			oldest = p.deadline
 		}
 	}

@@ -125,8 +125,12 @@ type uaConn struct {
 	s2c   opcua.Renumberer
 	cout  []byte
 
-	mu        sync.Mutex // guards everything below
-	pend      map[uint32]*uaPending
+	mu   sync.Mutex // guards everything below
+	pend map[uint32]*uaPending
+	// late holds the RequestIds answered with Bad_Timeout whose response
+	// may still come: it is dropped when it does, and a request reusing
+	// the id is refused, so that it can never be paired with it.
+	late      map[uint32]struct{}
 	waiting   int // pending requests that are not parked Publishes
 	opaqueOut int // opaque requests not yet answered (no request ids)
 	sessions  opcua.Sessions
@@ -500,6 +504,9 @@ func (u *uaConn) admit(msg *opcua.Message) (reason string, status uint32) {
 	defer u.mu.Unlock()
 	if _, dup := u.pend[msg.RequestID]; dup {
 		return fmt.Sprintf("request id %d is already in flight", msg.RequestID), 0
+	}
+	if _, late := u.late[msg.RequestID]; late {
+		return fmt.Sprintf("request id %d timed out and its response may still come", msg.RequestID), 0
 	}
 	if len(u.pend) >= u.h.l.cfg.MaxOutstanding {
 		return fmt.Sprintf("outstanding request limit (%d) reached", u.h.l.cfg.MaxOutstanding), uaBadTooManyOperations

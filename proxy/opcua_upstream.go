@@ -105,11 +105,23 @@ func (u *uaConn) response(msg *opcua.Message) bool {
 		u.rearmLocked()
 	}
 	u.mu.Unlock()
+	late := false
+	if p == nil {
+		u.mu.Lock()
+		if _, late = u.late[msg.RequestID]; late {
+			delete(u.late, msg.RequestID)
+		}
+		u.mu.Unlock()
+	}
 	if p == nil {
 		// Unsolicited, late (after a response timeout) or duplicated:
 		// never delivered to the client.
+		reason := fmt.Sprintf("response with request id %d matches no request in flight", msg.RequestID)
+		if late {
+			reason = fmt.Sprintf("late response with request id %d, after its response timeout: dropped", msg.RequestID)
+		}
 		ev := audit.Event{Action: audit.ActionUnsolicited, Outcome: audit.OutcomeFailure,
-			Reason: fmt.Sprintf("response with request id %d matches no request in flight", msg.RequestID), Bytes: joinChunks(msg.Chunks)}
+			Reason: reason, Bytes: joinChunks(msg.Chunks)}
 		c.record(&ev)
 		if mode != opcua.SecurityModeNone {
 			u.sendError(opcua.StatusBadTCPInternalError, "unsolicited response on a signed channel")
@@ -342,6 +354,10 @@ func (u *uaConn) rearmLocked() {
 	u.timer.Reset(time.Until(oldest))
 }
 
+// uaMaxLate bounds the RequestIds a connection remembers as timed out
+// (uaConn.late).
+const uaMaxLate = 1024
+
 type expired struct {
 	reqID uint32
 	p     *uaPending
@@ -370,11 +386,25 @@ func (u *uaConn) expire() {
 			if !p.parked {
 				u.waiting--
 			}
+			if u.late == nil {
+				u.late = make(map[uint32]struct{})
+			}
+			u.late[reqID] = struct{}{}
 		}
 	}
+	tooMany := len(u.late) > uaMaxLate
 	u.rearmLocked()
 	u.mu.Unlock()
 	if len(late) == 0 {
+		return
+	}
+	if tooMany {
+		// Every unanswered request is remembered until its answer comes;
+		// a server that answers none cannot make that grow without bound.
+		reason := fmt.Sprintf("more than %d requests left unanswered by the server", uaMaxLate)
+		l.metrics.upstreamError("timeout")
+		u.sendError(uaBadTimeout, reason)
+		c.close("upstream response timeout: " + reason)
 		return
 	}
 	l.metrics.upstreamError("timeout")

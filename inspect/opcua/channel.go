@@ -122,8 +122,9 @@ type Channel struct {
 	hello                               Hello
 	ack                                 Acknowledge
 
-	openSeen     bool // an OPN request was seen
-	established  bool // the server's OPN response was seen
+	openSeen     bool   // an OPN request was seen
+	openPending  uint32 // OPN requests the server has not answered yet
+	established  bool   // the server's OPN response was seen
 	channelID    uint32
 	tokenID      uint32
 	prevTokenID  uint32
@@ -379,7 +380,17 @@ func (c *Channel) feedOpen(dir Direction, d *dirState, m *Message, chunk []byte)
 	}
 	m.SecureChannelID = ah.SecureChannelID
 	m.Complete = true
+	if dir == ServerToClient && !c.cfg.AllowMidStream {
+		// An OPN response changes the channel's ids and tokens: only the
+		// answer to an OPN request may (a server that rotated tokens on
+		// its own would make the client's valid token look forged).
+		if c.openPending == 0 {
+			return c.fail(errorf(CodeUnexpectedMessage, "OPN response without an OPN request"))
+		}
+		c.openPending--
+	}
 	if dir == ClientToServer {
+		c.openPending++
 		// Part 6 §6.7.4: a client issues with channel id 0 and renews with
 		// the id the server assigned.
 		if c.established && ah.SecureChannelID != c.channelID {

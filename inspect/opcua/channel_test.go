@@ -302,6 +302,25 @@ func TestRenumberer(t *testing.T) {
 			}
 		}
 	})
+	t.Run("forwarded out of order", func(t *testing.T) {
+		// 11 is the first chunk of a message held until its final chunk
+		// 13; 12, a message of its own, goes out first.
+		var r Renumberer
+		got := []uint32{r.Forward(10), r.Forward(12), r.Forward(11), r.Forward(13), r.Forward(14)}
+		if want := []uint32{10, 11, 12, 13, 14}; !equalU32(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+	})
+	t.Run("held chunks dropped after a later message", func(t *testing.T) {
+		var r Renumberer
+		got := []uint32{r.Forward(10), r.Forward(12)}
+		r.Drop(11)
+		r.Drop(13)
+		got = append(got, r.Forward(14))
+		if want := []uint32{10, 11, 12}; !equalU32(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+	})
 	t.Run("drop client to server", func(t *testing.T) {
 		var r Renumberer
 		got := []uint32{r.Forward(10), r.Forward(11)}

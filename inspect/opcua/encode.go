@@ -119,16 +119,20 @@ func AppendServiceFault(dst []byte, p FaultParams) []byte {
 
 // Renumberer rewrites the sequence numbers of one direction of a channel
 // after the proxy dropped (client→server) or injected (server→client)
-// chunks: receivers reject any gap (Part 6 §6.7.2.4). Call Forward for each
-// chunk passed on, Drop for each chunk withheld, Inject for each chunk the
-// proxy adds. Until the first Drop or Inject the output equals the input
-// (including the sender's own wrap); afterwards the output counts on by one
-// and wraps to 1 once it has exceeded SequenceWrapThreshold, which every
-// receiver following Part 6 accepts.
+// chunks, or forwards chunks in another order than they came (the chunks
+// of a multi-chunk message are held until its final chunk, so a message
+// sent between them goes out first): receivers reject any gap (Part 6
+// §6.7.2.4). Call Forward for each chunk passed on, Drop for each chunk
+// withheld, Inject for each chunk the proxy adds. Until the first Drop,
+// Inject or out-of-order Forward the output equals the input (including
+// the sender's own wrap); afterwards the output counts on by one and wraps
+// to 1 once it has exceeded SequenceWrapThreshold, which every receiver
+// following Part 6 accepts.
 type Renumberer struct {
 	started  bool
 	diverged bool
 	next     uint32 // next output number
+	prevIn   uint32 // the last number forwarded as it came (not diverged)
 }
 
 func nextSequence(s uint32) uint32 {
@@ -143,11 +147,15 @@ func (r *Renumberer) Forward(in uint32) uint32 {
 	if !r.started {
 		r.started = true
 		r.next = in
+		r.prevIn = in - 1
 	}
-	if !r.diverged {
+	if !r.diverged && nextSequenceOK(r.prevIn, in) {
+		r.prevIn = in
 		r.next = nextSequence(in)
 		return in
 	}
+	// Dropped, injected, or forwarded out of the order it came: count on.
+	r.diverged = true
 	out := r.next
 	r.next = nextSequence(out)
 	return out
