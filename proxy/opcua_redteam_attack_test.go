@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -598,5 +599,64 @@ func TestOPCUARenumberingAcrossTheWrap(t *testing.T) {
 		if !sequenceFollows(toServer[i-1], toServer[i]) {
 			t.Fatalf("server received %d after %d: %v", toServer[i], toServer[i-1], toServer)
 		}
+	}
+}
+
+// A server response the proxy cannot decode exactly — here a ReadResponse
+// with one byte after its end, which a lenient client might ignore and
+// another might read as the start of something else — never reaches the
+// client: the server is not trusted any more, the client gets an ERR,
+// the connection closes, and the event blames the server. A well-formed
+// response with a vendor structure (an ExtensionObject of the server's
+// namespace) passes.
+func TestOPCUAUndecodableServerResponseNeverReachesTheClient(t *testing.T) {
+	srv := startRawUAServer(t, func(c *rawUAConn, reqID uint32, req any) {
+		rr, ok := req.(*ua.ReadRequest)
+		if !ok {
+			return
+		}
+		body := readResponseBody(t, rr.RequestHeader.RequestHandle, 2.0)
+		switch rr.NodesToRead[0].NodeID.String() {
+		case "ns=1;s=Vendor":
+			// The value is a structure of namespace 2 the proxy does not
+			// know: type id ns=2;i=5001, a 4-byte body.
+			body = typed(t, id.ReadResponse_Encoding_DefaultBinary, &ua.ReadResponse{
+				ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), RequestHandle: rr.RequestHeader.RequestHandle,
+					ServiceDiagnostics: &ua.DiagnosticInfo{}, AdditionalHeader: ua.NewExtensionObject(nil)},
+				Results: []*ua.DataValue{{EncodingMask: ua.DataValueValue, Value: ua.MustVariant(ua.NewExtensionObject(&ua.Range{Low: 1, High: 9}))}},
+			})
+			i := bytes.Index(body, []byte{0x01, 0x00, 0x76, 0x03}) // Range, i=886
+			if i < 0 {
+				t.Error("no Range type id")
+				return
+			}
+			body[i+1] = 2
+		case "ns=1;s=Smuggle":
+			body = append(body, 0x00)
+		}
+		c.write(c.msg(reqID, body))
+	})
+	rec := &memRecorder{}
+	l := startUAProxy(t, uaListenerConfig(t, srv.addr, "", ""), allowAll(), rec, nil)
+	addr := l.Addr().String()
+	c := dialUARaw(t, addr)
+	c.open(addr)
+
+	id1 := c.request(readBody(t, 1, "ns=1;s=Vendor"))
+	if got, svc := c.response(); got != id1 {
+		t.Fatalf("vendor structure: answer to %d", got)
+	} else if _, ok := svc.(*ua.ReadResponse); !ok {
+		t.Fatalf("vendor structure: %T", svc)
+	}
+	c.request(readBody(t, 2, "ns=1;s=Smuggle"))
+	typ, _, err := c.recv()
+	if err != nil || typ != "ERRF" {
+		t.Fatalf("after an undecodable response: %s %v, want ERR", typ, err)
+	}
+	c.expectClosed()
+	waitFor(t, "the malformed event", func() bool { return len(rec.byAction(audit.ActionMalformed)) > 0 })
+	ev := rec.byAction(audit.ActionMalformed)[0]
+	if !strings.HasPrefix(ev.Reason, "upstream:") || !strings.Contains(ev.Reason, "trailing") {
+		t.Fatalf("event %q (%s)", ev.Reason, ev.Rule)
 	}
 }

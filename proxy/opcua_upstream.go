@@ -144,6 +144,17 @@ func (u *uaConn) response(msg *opcua.Message) bool {
 		u.outMu.Unlock()
 		return u.forwardChunks(msg.Chunks, true)
 	}
+	if msg.Type.Secure() && msg.Body != nil {
+		// Nothing reaches the client that the proxy did not understand:
+		// the response must decode exactly as a standard service
+		// response (structures of the server's own namespace are passed
+		// by their length). A server that sends anything else is not
+		// trusted any more.
+		if err := opcua.ValidateResponse(msg.Body, u.h.lim); err != nil {
+			u.malformedServer("response", err, joinChunks(msg.Chunks))
+			return false
+		}
+	}
 	if msg.Type == opcua.MessageMsg {
 		u.session(p, msg.Body)
 		if mode == opcua.SecurityModeNone && (p.service == "GetEndpoints" || p.service == "CreateSession" || p.service == "FindServers") {

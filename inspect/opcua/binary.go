@@ -25,6 +25,9 @@ type reader struct {
 	// urls, when non-nil, collects the byte spans of strings marked as
 	// endpoint URLs in the schemas (see RewriteEndpointURLs).
 	urls *[]span
+	// opaqueExt passes ExtensionObjects of unknown types (and XML-encoded
+	// ones) by their length instead of failing (ValidateResponse).
+	opaqueExt bool
 }
 
 type span struct{ start, end int }
@@ -53,7 +56,7 @@ func (r *reader) init(b []byte, l *Limits) {
 // sub returns a reader over b that shares r's limits, depth and url
 // collection (offsets shifted by base).
 func (r *reader) sub(b []byte) reader {
-	return reader{b: b, depth: r.depth, maxArray: r.maxArray, maxDepth: r.maxDepth, values: r.values}
+	return reader{b: b, depth: r.depth, maxArray: r.maxArray, maxDepth: r.maxDepth, values: r.values, opaqueExt: r.opaqueExt}
 }
 
 // join takes over the state a sub-reader shares with its parent.

@@ -470,6 +470,11 @@ func (r *reader) extObjHeader() (typeID NodeID, body []byte, hasBody bool) {
 		return typeID, nil, false
 	case extObjByteString:
 	case extObjXML:
+		if r.opaqueExt {
+			// An XmlElement: its length is all that is checked.
+			r.stringBytes()
+			return typeID, nil, false
+		}
 		r.fail(CodeInvalidEncoding, "XML-encoded extension object %s at offset %d", typeID, r.pos-1)
 		return typeID, nil, false
 	default:
@@ -481,6 +486,14 @@ func (r *reader) extObjHeader() (typeID NodeID, body []byte, hasBody bool) {
 		r.fail(CodeInvalidEncoding, "extension object %s with null body", typeID)
 	}
 	return typeID, r.bytes(n), r.err == nil
+}
+
+// knownExt is extSchema without the failure.
+func (r *reader) knownExt(typeID NodeID) *schema {
+	if typeID.Namespace == 0 && typeID.Type == IDNumeric && !typeID.HasURI {
+		return schemaByEncID[typeID.Numeric]
+	}
+	return nil
 }
 
 // extSchema returns the schema of a standard structure by the numeric ns=0
@@ -506,12 +519,15 @@ func (r *reader) extensionObject(build bool) any {
 	defer r.leave()
 	typeID, body, hasBody := r.extObjHeader()
 	if !hasBody || r.err != nil {
-		if r.err == nil && !typeID.IsNull() {
+		if r.err == nil && !typeID.IsNull() && !r.opaqueExt {
 			// A typed object without body: nothing to inspect, but the
 			// type must still be one we know.
 			r.extSchema(typeID)
 		}
 		return nil
+	}
+	if r.opaqueExt && r.knownExt(typeID) == nil {
+		return nil // a structure the proxy does not know: passed by its length
 	}
 	s := r.extSchema(typeID)
 	if s == nil {

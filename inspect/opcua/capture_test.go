@@ -144,15 +144,16 @@ func readSegments(t testing.TB, name string) []segment {
 
 // replayStats is what replaying one capture produced.
 type replayStats struct {
-	requests  map[string]int       // "flow/typeid" -> count of decoded requests
-	responses map[string]int       // "flow/typeid" -> count of responses
-	types     map[string]int       // "flow/TYPE" -> count of complete messages
-	opaque    map[int]int          // flow -> opaque messages
-	bodies    [][]byte             // every complete readable request body (copies)
-	ops       []*inspect.Operation // every complete client→server message, decoded (clones)
-	chunks    [][]byte             // every chunk (copies), for fuzz seeds
-	errors    []string
-	gapFlows  map[int]bool
+	requests   map[string]int       // "flow/typeid" -> count of decoded requests
+	responses  map[string]int       // "flow/typeid" -> count of responses
+	types      map[string]int       // "flow/TYPE" -> count of complete messages
+	opaque     map[int]int          // flow -> opaque messages
+	bodies     [][]byte             // every complete readable request body (copies)
+	respBodies [][]byte             // every complete readable response body (copies)
+	ops        []*inspect.Operation // every complete client→server message, decoded (clones)
+	chunks     [][]byte             // every chunk (copies), for fuzz seeds
+	errors     []string
+	gapFlows   map[int]bool
 }
 
 // replay feeds a capture through Split, Channel and Decoder exactly as the
@@ -242,6 +243,11 @@ func replay(t testing.TB, name string, cfg func(flow int) Config) replayStats {
 						st.errors = append(st.errors, fmt.Sprintf("flow %d response: %v", seg.flow, err))
 					}
 					st.responses[fmt.Sprintf("%d/%d", seg.flow, tid)]++
+					// What the proxy checks before it forwards a response.
+					if err := ValidateResponse(msg.Body, Limits{}); err != nil {
+						st.errors = append(st.errors, fmt.Sprintf("flow %d validate response type %d: %v", seg.flow, tid, err))
+					}
+					st.respBodies = append(st.respBodies, append([]byte(nil), msg.Body...))
 				}
 			}
 			f.buf[dir] = f.buf[dir][n:]

@@ -51,7 +51,8 @@
 // Server→client chunks go through the same Channel (Feed with
 // ServerToClient): ACK (clamp with ClampAcknowledge), OPN responses (channel
 // and token ids), responses (RewriteEndpoints for GetEndpoints, FindServers and
-// CreateSession; ResponseTypeID tells which).
+// CreateSession; ResponseTypeID tells which). Every readable response is
+// checked with ValidateResponse before it is forwarded.
 //
 // Any error from Feed poisons the Channel (fail closed): close the
 // connection, after an ERR (EncodeError) where the protocol allows one. An

@@ -41,6 +41,16 @@ func TestWriteFuzzSeeds(t *testing.T) {
 			seen[key] = true
 			write("FuzzDecodeService", fmt.Sprintf("%s_%d", base, tid), b)
 		}
+		// FuzzValidateResponse: one body per response type per capture.
+		seenResp := map[uint32]bool{}
+		for _, b := range st.respBodies {
+			tid, _ := ResponseTypeID(b)
+			if seenResp[tid] {
+				continue
+			}
+			seenResp[tid] = true
+			write("FuzzValidateResponse", fmt.Sprintf("%s_%d", base, tid), b)
+		}
 		// FuzzFramer: the first 16 KiB of the capture's chunks, in order.
 		var stream []byte
 		for _, ch := range st.chunks {
