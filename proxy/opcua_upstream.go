@@ -379,6 +379,13 @@ type expired struct {
 // unsolicited), on a signed one by closing the connection. Without an ACK
 // in time the connection closes with ERR Bad_Timeout.
 func (u *uaConn) expire() {
+	defer func() {
+		// As on the readers: a bug ends this connection, audited, not the
+		// process (the timer runs on a goroutine of its own).
+		if p := recover(); p != nil {
+			u.internalError("response timer", p)
+		}
+	}()
 	c, l := u.c, u.h.l
 	now := time.Now()
 	u.mu.Lock()
