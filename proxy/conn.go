@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -166,6 +167,20 @@ func (c *Conn) dropUpstream(up net.Conn) {
 // record fills the fields every event of this connection shares and writes
 // the event. The error matters to the caller only before a forward: a
 // failed audit write denies the operation.
+// internalError turns a panic recovered on one of the connection's
+// goroutines (a bug in a handler, a parser or a Decider) into a closed
+// connection and an audit event (rule proxy.panic): the process and the
+// other connections go on, and nothing is forwarded.
+func (c *Conn) internalError(where string, p any) string {
+	reason := fmt.Sprintf("internal error in %s: %v", where, p)
+	c.l.log.Error("handler panic", zap.Uint64("conn", c.id), zap.String("protocol", c.l.cfg.Protocol),
+		zap.String("where", where), zap.Any("panic", p), zap.Stack("stack"))
+	ev := audit.Event{Action: audit.ActionMalformed, Outcome: audit.OutcomeFailure, Reason: reason, Rule: "proxy.panic"}
+	c.record(&ev)
+	c.close(reason)
+	return reason
+}
+
 func (c *Conn) record(ev *audit.Event) error {
 	c.stamp(ev)
 	err := c.l.opts.Recorder.Record(ev)

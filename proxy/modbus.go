@@ -145,22 +145,11 @@ func (h *modbusHandler) serve(c *Conn) (reason string) {
 		// process down nor let a request through: the connection ends,
 		// audited, as on the OPC UA side.
 		if p := recover(); p != nil {
-			reason = m.internalError("client reader", p)
+			reason = m.c.internalError("client reader", p)
 		}
 		m.stopTimer()
 	}()
 	return m.readRequests()
-}
-
-// internalError turns a recovered panic into a closed connection and an
-// audit event.
-func (m *mbConn) internalError(where string, p any) string {
-	reason := fmt.Sprintf("internal error in %s: %v", where, p)
-	m.h.l.log.Error("Modbus handler panic", zap.Uint64("conn", m.c.id), zap.String("where", where), zap.Any("panic", p), zap.Stack("stack"))
-	ev := audit.Event{Action: audit.ActionMalformed, Outcome: audit.OutcomeFailure, Reason: reason, Rule: "proxy.panic"}
-	m.c.record(&ev)
-	m.c.close(reason)
-	return reason
 }
 
 // coarse is how much later than asked a deadline may be set, so that it is
@@ -610,7 +599,7 @@ func (m *mbConn) readResponses(up net.Conn) {
 	c, l := m.c, m.h.l
 	defer func() {
 		if p := recover(); p != nil {
-			m.internalError("upstream reader", p)
+			m.c.internalError("upstream reader", p)
 		}
 	}()
 	rr := &responseReader{m: m, up: up, framer: modbus.NewFramerSize(up, framerSize)}
@@ -848,7 +837,7 @@ func (m *mbConn) armTimerLocked(at time.Time) {
 func (m *mbConn) expire() {
 	defer func() {
 		if p := recover(); p != nil {
-			m.internalError("response timer", p)
+			m.c.internalError("response timer", p)
 		}
 	}()
 	now := time.Now()

@@ -159,22 +159,11 @@ func (h *opcuaHandler) serve(c *Conn) (reason string) {
 		// A bug must not take the process down nor let a request through:
 		// the connection ends, audited (STYLE.md habit 1).
 		if p := recover(); p != nil {
-			reason = u.internalError("client reader", p)
+			reason = u.c.internalError("client reader", p)
 		}
 		u.stopTimer()
 	}()
 	return u.readRequests()
-}
-
-// internalError turns a recovered panic into a closed connection and an
-// audit event.
-func (u *uaConn) internalError(where string, p any) string {
-	reason := fmt.Sprintf("internal error in %s: %v", where, p)
-	u.h.l.log.Error("OPC UA handler panic", zap.Uint64("conn", u.c.id), zap.String("where", where), zap.Any("panic", p), zap.Stack("stack"))
-	ev := audit.Event{Action: audit.ActionMalformed, Outcome: audit.OutcomeFailure, Reason: reason, Rule: "proxy.panic"}
-	u.c.record(&ev)
-	u.c.close(reason)
-	return reason
 }
 
 // readRequests is the client side loop; it returns the reason the

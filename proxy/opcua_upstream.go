@@ -25,7 +25,7 @@ func (u *uaConn) readResponses(up net.Conn) {
 	c, l := u.c, u.h.l
 	defer func() {
 		if p := recover(); p != nil {
-			u.internalError("upstream reader", p)
+			u.c.internalError("upstream reader", p)
 		}
 	}()
 	fr := opcua.NewFramer(up, u.h.lim.MaxChunkSize)
@@ -383,7 +383,7 @@ func (u *uaConn) expire() {
 		// As on the readers: a bug ends this connection, audited, not the
 		// process (the timer runs on a goroutine of its own).
 		if p := recover(); p != nil {
-			u.internalError("response timer", p)
+			u.c.internalError("response timer", p)
 		}
 	}()
 	c, l := u.c, u.h.l
