@@ -6,9 +6,11 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // OIDModbusRole is the Modbus/TCP Security role extension
@@ -73,15 +75,25 @@ func RolesFromCertificate(cert *x509.Certificate) ([]string, error) {
 		if !ext.Id.Equal(OIDModbusRole) {
 			continue
 		}
-		var role string
-		rest, err := asn1.UnmarshalWithParams(ext.Value, &role, "utf8")
+		// Exactly one UTF8String: encoding/asn1 would also decode any other
+		// string type into a string (PrintableString, BMPString, and
+		// T61String and GeneralString as raw, possibly invalid UTF-8
+		// bytes), whatever the "utf8" parameter says.
+		var raw asn1.RawValue
+		rest, err := asn1.Unmarshal(ext.Value, &raw)
 		if err != nil {
 			return nil, fmt.Errorf("pki: Modbus role extension: %w", err)
 		}
 		if len(rest) != 0 {
 			return nil, fmt.Errorf("pki: Modbus role extension: %d trailing bytes", len(rest))
 		}
-		roles = append(roles, role)
+		if raw.Class != asn1.ClassUniversal || raw.Tag != asn1.TagUTF8String || raw.IsCompound {
+			return nil, fmt.Errorf("pki: Modbus role extension: not a UTF8String (class %d, tag %d)", raw.Class, raw.Tag)
+		}
+		if !utf8.Valid(raw.Bytes) {
+			return nil, errors.New("pki: Modbus role extension: invalid UTF-8")
+		}
+		roles = append(roles, string(raw.Bytes))
 	}
 	return roles, nil
 }
