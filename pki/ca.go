@@ -424,12 +424,22 @@ func (ca *CA) Issue(req IssueRequest) (*Issued, error) {
 	certFile := filepath.Join(outDir, req.Name+".crt")
 	chainFile := filepath.Join(outDir, req.Name+".chain.crt")
 	keyFile := filepath.Join(outDir, req.Name+".key")
-	if !req.Force {
+	exists := func() error {
+		if req.Force {
+			return nil
+		}
 		for _, f := range []string{certFile, chainFile, keyFile} {
 			if _, err := os.Lstat(f); err == nil {
-				return nil, fmt.Errorf("pki: %s exists; choose another name or replace it with --force", f)
+				return fmt.Errorf("pki: %s exists; choose another name or replace it with --force", f)
 			}
 		}
+		return nil
+	}
+	// Checked now, to fail before the key is made, and again under the
+	// lock: another `pki issue` of the same name may have written its
+	// files since.
+	if err := exists(); err != nil {
+		return nil, err
 	}
 
 	signer, err := ca.signer()
@@ -459,6 +469,9 @@ func (ca *CA) Issue(req IssueRequest) (*Issued, error) {
 		return nil, err
 	}
 	defer unlock()
+	if err := exists(); err != nil {
+		return nil, err
+	}
 	idx, err := ca.readIndex()
 	if err != nil {
 		return nil, err

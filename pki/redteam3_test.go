@@ -8,8 +8,11 @@ import (
 	"encoding/asn1"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -246,4 +249,103 @@ func TestRedteamCRLReloadAttacks(t *testing.T) {
 
 func pemCRL(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
+
+// TestRedteamClientCertAsFakeAppliance: a holder of a client certificate
+// from the plant CA, with the appliance's address in it, stands up a fake
+// appliance: `conduit connect` and upstream_tls (ClientTLS) must refuse it,
+// the certificate not being for serverAuth. A server certificate without
+// any ExtKeyUsage is also reported.
+func TestRedteamClientCertAsFakeAppliance(t *testing.T) {
+	p := newTestPKI(t)
+	me := p.issue(t, IssueRequest{Name: "legacy"})
+	ct, err := NewClientTLS(ClientOptions{CertFile: me.ChainFile, KeyFile: me.KeyFile, CAFile: filepath.Join(p.ca.Dir, FileRootCert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen := p.custom(t, "hmi-with-ip", func(c *x509.Certificate) {
+		c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		c.DNSNames = []string{"localhost"}
+	})
+	addr, _ := startDevice(t, p, stolen)
+	if err := dialUpstream(addr, ct.Config(addr)); err == nil {
+		t.Fatal("a client certificate was accepted as the appliance's")
+	}
+	other := newTestPKI(t)
+	oaddr, _ := startDevice(t, other, other.server)
+	if err := dialUpstream(oaddr, ct.Config(oaddr)); err == nil {
+		t.Fatal("an appliance certificate of another CA was accepted")
+	}
+}
+
+// TestRedteamConcurrentIssueSameName: concurrent `pki issue` of one name
+// (without --force) must not both succeed, the second silently replacing
+// the first's key and certificate files while the index lists both.
+// Serials of concurrent issues never collide.
+func TestRedteamConcurrentIssueSameName(t *testing.T) {
+	p := newTestPKI(t)
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	issued := make([]*Issued, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			issued[i], errs[i] = p.ca.Issue(IssueRequest{Type: CertClient, Name: "hmi"})
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	var winner *Issued
+	for i, err := range errs {
+		if err == nil {
+			ok++
+			winner = issued[i]
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d concurrent issues of the same name succeeded, want 1 (errors %v)", ok, errs)
+	}
+	idx, err := p.ca.readIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := 0
+	for _, e := range idx.Certificates {
+		if e.Name == "hmi" {
+			names++
+		}
+	}
+	if names != 1 {
+		t.Fatalf("the index lists %d certificates named hmi", names)
+	}
+	kp, err := LoadKeyPair(winner.ChainFile, winner.KeyFile)
+	if err != nil || !kp.Leaf.Equal(winner.Cert) {
+		t.Fatalf("the files on disk are not the issued certificate: %v", err)
+	}
+
+	// Distinct names at once: distinct serials, all in the index.
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			issued[i], errs[i] = p.ca.Issue(IssueRequest{Type: CertClient, Name: "c" + strconv.Itoa(i)})
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		s := issued[i].Entry.Serial
+		if seen[s] {
+			t.Fatalf("serial %s issued twice", s)
+		}
+		seen[s] = true
+	}
+	if idx, _ = p.ca.readIndex(); len(idx.Certificates) != n+2 { // + server + hmi
+		t.Fatalf("index has %d entries, want %d", len(idx.Certificates), n+2)
+	}
 }
