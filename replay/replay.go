@@ -57,6 +57,7 @@ func Replay(ctx context.Context, files []string, opts Options) (*Report, error) 
 	p := newPipeline(r, ls)
 	st, err := p.read(ctx, files, opts.Progress)
 	r.finish(st)
+	r.report.Err = err
 	return r.report, err
 }
 
@@ -300,6 +301,10 @@ func (r *replayer) finish(st capture.Stats) {
 // Report is what Replay found.
 type Report struct {
 	Files []string
+	// Err is the error Replay returned (a capture that could not be read,
+	// a cancellation): the report covers only what was read before it,
+	// and the command exits with status 2.
+	Err error
 	// Policy describes the policy that decided and Revision is its
 	// revision; ConfigFile names the configuration the listeners came from.
 	// Replay leaves them to its caller.

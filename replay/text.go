@@ -98,6 +98,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 
 	switch {
+	case r.Err != nil:
+		p.linef("RESULT: INCOMPLETE, reading stopped: %v; %s of %s operations read before it would be denied (exit status 2)", r.Err, num(r.Denied), num(r.Operations))
 	case r.Operations == 0:
 		p.linef("RESULT: no Modbus or OPC UA operation found: nothing would be denied (exit status 0)")
 	case r.Denied == 0:

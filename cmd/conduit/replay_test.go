@@ -153,6 +153,20 @@ func TestReplayErrorsExitTwo(t *testing.T) {
 	if code != exitError || !strings.Contains(out, "7 decided: 7 allowed") {
 		t.Errorf("partial: exit %d\n%s", code, out)
 	}
+	// The verdict line must not promise another exit status than the
+	// command's: "all 7 operations would be allowed (exit status 0)" on a
+	// run that could not read a capture reads as a clean result. Nor when
+	// the bad file comes first and nothing was read at all.
+	for _, args := range [][]string{
+		{"replay", "--config", replayCfg, plcAllowed, notCapture},
+		{"replay", "--config", replayCfg, notCapture, plcDenied},
+	} {
+		out, _, code := run(t, "", args...)
+		if code != exitError || strings.Contains(out, "exit status 0") || strings.Contains(out, "exit status 1") ||
+			!strings.Contains(out, "RESULT: INCOMPLETE") || !strings.Contains(out, "(exit status 2)") {
+			t.Errorf("%v: exit %d, verdict:\n%s", args[3:], code, out)
+		}
+	}
 }
 
 // TestReplayPolicyBundle: an OPA bundle of the reference policy decides
