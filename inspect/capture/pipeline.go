@@ -135,6 +135,7 @@ func (r *Reader) readRecords(ctx context.Context, name string, src source, cr *c
 	}()
 
 	var filePackets uint64
+	r.file, r.fileStart = name, r.stats.Packets
 	var lastProgress int64 = -readBufSize
 	progress := func(read int64) {
 		if r.opt.Progress != nil {

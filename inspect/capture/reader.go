@@ -79,7 +79,11 @@ type Reader struct {
 	stats       Stats
 	warnedFlows bool
 	canceled    error // the context error that stopped a read
-	closed      bool
+	// file is the file being read and fileStart Stats.Packets when it
+	// began, for the warnings raised while it is read (warn).
+	file      string
+	fileStart uint64
+	closed    bool
 }
 
 // NewReader returns a Reader delivering flows to factory.
@@ -216,7 +220,8 @@ func (r *Reader) warnFile(file string, packets uint64, err error) {
 	r.stats.Warnings = append(r.stats.Warnings, Warning{File: file, Packet: packets, Err: err})
 }
 
-func (r *Reader) warn(err error) { r.warnFile("", r.stats.Packets, err) }
+// warn records a warning about the file being read.
+func (r *Reader) warn(err error) { r.warnFile(r.file, r.stats.Packets-r.fileStart, err) }
 
 // tick runs the capture-time timers: holes older than GapTimeout are given
 // up, flows idle for IdleTimeout ended.

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"context"
 	"testing"
 	"time"
 )
@@ -97,5 +98,34 @@ func TestRedteamOverlapDifferentContent(t *testing.T) {
 	// device, and the proxy's own socket, would not have seen.
 	if got := string(onlyFlow(t, rec).data[0]); got != "AAAA2222" {
 		t.Fatalf("c2s %q, want the documented later copy", got)
+	}
+}
+
+// TestRedteamFlowLimitWarningNamesFile: the flow-limit warning names the
+// file it happened in and counts that file's records (Warning's doc), not
+// "" and the records of every file so far.
+func TestRedteamFlowLimitWarningNamesFile(t *testing.T) {
+	first := pcapFile(t, linkEth, data(conn4(48700), true, 1, 1, mbReq(0), 0))
+	var segs []seg
+	for i := 0; i < 4; i++ {
+		segs = append(segs, data(conn4(48800+i), true, 1, 1, mbReq(i), time.Duration(i)*time.Millisecond))
+	}
+	second := pcapFile(t, linkEth, segs...)
+	rec := &recorder{t: t}
+	r := NewReader(rec, Options{MaxFlows: 2})
+	if err := r.ReadCapture(context.Background(), "first.pcap", bytes.NewReader(first), int64(len(first))); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ReadCapture(context.Background(), "second.pcap", bytes.NewReader(second), int64(len(second))); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Close()
+	if len(st.Warnings) != 1 {
+		t.Fatalf("warnings %v", st.Warnings)
+	}
+	// first.pcap's flow is still live: the second of second.pcap's
+	// records is the first one over the limit.
+	if w := st.Warnings[0]; w.File != "second.pcap" || w.Packet != 2 {
+		t.Fatalf("warning %q: want file second.pcap, after 2 records", w.String())
 	}
 }
