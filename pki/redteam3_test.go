@@ -349,3 +349,28 @@ func TestRedteamConcurrentIssueSameName(t *testing.T) {
 		t.Fatalf("index has %d entries, want %d", len(idx.Certificates), n+2)
 	}
 }
+
+// TestRedteamTLS12WeakSuites: with min_version 1.2, a client offering only
+// RSA key exchange or 3DES suites gets no handshake.
+func TestRedteamTLS12WeakSuites(t *testing.T) {
+	p := newTestPKI(t)
+	s := p.serverTLS(t, p.tlsConfig("1.2"), ServerOptions{NoWatch: true})
+	srv := startEchoServer(t, s.Config())
+	client := p.issue(t, IssueRequest{Name: "hmi"})
+	for _, suites := range [][]uint16{
+		{tls.TLS_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_RSA_WITH_AES_128_CBC_SHA},
+		{tls.TLS_ECDHE_ECDSA_WITH_RC4_128_SHA, tls.TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA, tls.TLS_RSA_WITH_3DES_EDE_CBC_SHA},
+		{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256},
+	} {
+		cc := p.clientConfig(t, client)
+		cc.MaxVersion = tls.VersionTLS12
+		cc.CipherSuites = suites
+		c, err := dialEcho(srv.addr(), cc)
+		r := srv.next(t)
+		if err == nil || r.err == nil {
+			st := c.ConnectionState()
+			c.Close()
+			t.Fatalf("handshake with %s", tls.CipherSuiteName(st.CipherSuite))
+		}
+	}
+}
