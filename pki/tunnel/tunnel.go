@@ -130,16 +130,21 @@ func (t *Tunnel) Serve(l net.Listener) error {
 				return nil
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
-				// Out of descriptors or a transient error: back off
-				// instead of spinning (net/http's accept loop does the same).
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				t.log.Warn("accept failed; retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("tunnel: accept: %w", err)
 			}
-			return fmt.Errorf("tunnel: accept: %w", err)
+			// Out of descriptors (EMFILE, ENFILE), of kernel memory
+			// (ENOBUFS, ENOMEM) or another transient error: back off
+			// instead of spinning or giving up (the proxy's listener
+			// does the same).
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-t.shutdown:
+				return nil
+			}
+			continue
 		}
 		backoff = 0
 		select {

@@ -1,7 +1,0 @@
-//go:build !unix
-
-package tunnel
-
-import "errors"
-
-var syscallEMFILE = errors.New("EMFILE")

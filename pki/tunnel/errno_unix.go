@@ -1,7 +1,0 @@
-//go:build unix
-
-package tunnel
-
-import "syscall"
-
-const syscallEMFILE = syscall.EMFILE
