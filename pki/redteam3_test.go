@@ -374,3 +374,68 @@ func TestRedteamTLS12WeakSuites(t *testing.T) {
 		}
 	}
 }
+
+// TestRedteamDeltaAndPartitionedCRLs: a CRL with a critical extension the
+// check does not implement (a delta CRL, a partitioned CRL, an indirect
+// CRL's entry) must not be taken for the issuer's complete CRL. Put next
+// to the base CRL, a newer delta CRL listing nothing new made the revoked
+// client pass. Such a file is refused: at start, an error; at reload, the
+// last good CRL stays.
+func TestRedteamDeltaAndPartitionedCRLs(t *testing.T) {
+	p := newTestPKI(t)
+	revoked := p.issue(t, IssueRequest{Name: "stolen"})
+	good := p.issue(t, IssueRequest{Name: "good"})
+	if _, err := p.ca.Revoke(revoked.Entry.Serial, "key-compromise"); err != nil {
+		t.Fatal(err)
+	}
+	base := readFile(t, filepath.Join(p.ca.Dir, FileCRL))
+	signer, err := p.ca.signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(exts []pkix.Extension, entries []x509.RevocationListEntry) []byte {
+		der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+			Number: big.NewInt(1 << 30), ThisUpdate: time.Now().Add(time.Minute), NextUpdate: time.Now().Add(time.Hour),
+			ExtraExtensions: exts, RevokedCertificateEntries: entries,
+		}, p.ca.Intermediate, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pemCRL(der)
+	}
+	baseNumber, _ := asn1.Marshal(big.NewInt(1))
+	idp, _ := asn1.Marshal(struct {
+		OnlyUser bool `asn1:"optional,tag:1"`
+	}{OnlyUser: true})
+	cases := map[string][]byte{
+		"delta CRL":       sign([]pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 27}, Critical: true, Value: baseNumber}}, nil),
+		"partitioned CRL": sign([]pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 28}, Critical: true, Value: idp}}, nil),
+		"indirect CRL entry": sign(nil, []x509.RevocationListEntry{{
+			SerialNumber: big.NewInt(12345), RevocationTime: time.Now(),
+			ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 29}, Critical: true, Value: []byte{0x30, 0x00}}},
+		}}),
+	}
+	for name, extra := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := newEtc(t, p)
+			writeFile(t, e.cfg.CRLFile, append(append([]byte{}, base...), extra...))
+			if s, err := NewServerTLS(t.Context(), e.cfg, ServerOptions{NoWatch: true}); err == nil {
+				s.Close()
+				t.Fatal("the server started with a CRL file it cannot interpret")
+			}
+			writeFile(t, e.cfg.CRLFile, base)
+			s := p.serverTLS(t, e.cfg, ServerOptions{NoWatch: true})
+			srv := startEchoServer(t, s.Config())
+			writeFile(t, e.cfg.CRLFile, append(append([]byte{}, base...), extra...))
+			if err := s.Reload(); err == nil {
+				t.Fatal("reload took a CRL file it cannot interpret")
+			}
+			if err, _ := handshakeWith(t, srv, p.clientConfig(t, revoked)); ReasonOf(err) != ReasonRevoked {
+				t.Fatalf("revoked client: %v", err)
+			}
+			if err, _ := handshakeWith(t, srv, p.clientConfig(t, good)); err != nil {
+				t.Fatalf("good client: %v", err)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -134,6 +135,9 @@ func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
 			return nil, fmt.Errorf("pki: unexpected PEM block %q in a CRL file", block.Type)
 		}
 		crl, err := x509.ParseRevocationList(block.Bytes)
+		if err == nil {
+			err = checkCRLExtensions(crl)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("pki: parse CRL %d: %w", len(out)+1, err)
 		}
@@ -147,9 +151,45 @@ func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pki: no PEM CRL found, and not a DER CRL: %w", err)
 		}
+		if err := checkCRLExtensions(crl); err != nil {
+			return nil, fmt.Errorf("pki: parse CRL 1: %w", err)
+		}
 		out = append(out, crl)
 	}
 	return out, nil
+}
+
+// CRL extensions this package understands (RFC 5280 sections 5.2, 5.3).
+var (
+	oidAuthorityKeyID = asn1.ObjectIdentifier{2, 5, 29, 35}
+	oidCRLNumber      = asn1.ObjectIdentifier{2, 5, 29, 20}
+	oidReasonCode     = asn1.ObjectIdentifier{2, 5, 29, 21}
+	oidInvalidityDate = asn1.ObjectIdentifier{2, 5, 29, 24}
+)
+
+// checkCRLExtensions refuses a CRL with a critical extension, or an entry
+// with a critical entry extension, that the revocation check does not
+// implement (RFC 5280 5.2: such a CRL must not be used). crypto/x509
+// parses them without a word, and the check would then take a delta CRL
+// (deltaCRLIndicator), a CRL of only some certificates or reasons
+// (issuingDistributionPoint) or an indirect CRL's entries
+// (certificateIssuer) for the issuer's complete list: certificates
+// revoked in the base CRL, in another partition or by another issuer
+// would pass.
+func checkCRLExtensions(crl *x509.RevocationList) error {
+	for _, e := range crl.Extensions {
+		if e.Critical && !e.Id.Equal(oidAuthorityKeyID) && !e.Id.Equal(oidCRLNumber) {
+			return fmt.Errorf("unsupported critical CRL extension %s (delta, partitioned and indirect CRLs are not supported: give the issuer's complete CRL)", e.Id)
+		}
+	}
+	for _, entry := range crl.RevokedCertificateEntries {
+		for _, e := range entry.Extensions {
+			if e.Critical && !e.Id.Equal(oidReasonCode) && !e.Id.Equal(oidInvalidityDate) {
+				return fmt.Errorf("unsupported critical extension %s in the entry of serial %s", e.Id, SerialString(entry.SerialNumber))
+			}
+		}
+	}
+	return nil
 }
 
 // clientVerifier checks client certificates against one version of the
