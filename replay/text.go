@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -273,8 +274,32 @@ type printer struct {
 
 func (p *printer) linef(format string, args ...any) {
 	if p.err == nil {
-		_, p.err = fmt.Fprintf(p.w, format+"\n", args...)
+		_, p.err = io.WriteString(p.w, printable(fmt.Sprintf(format, args...))+"\n")
 	}
+}
+
+// printable escapes what a terminal would act on rather than show: control
+// characters (C0, DEL, C1: escape sequences, carriage returns) and the
+// other non-printing runes (bidirectional overrides, zero-width
+// characters), as Go escapes (\x1b, \u202e). The report carries strings
+// from the capture (OPC UA node ids in policy reasons, decoder details):
+// an escape sequence there could erase the denials or the verdict from
+// the operator's screen. Idempotent: escapes are printable.
+func printable(s string) string {
+	isPrint := func(r rune) bool { return r == utf8.RuneError || unicode.IsPrint(r) }
+	if !strings.ContainsFunc(s, func(r rune) bool { return !isPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRuneToASCII(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }
 
 func (p *printer) blank() { p.linef("") }
@@ -297,7 +322,12 @@ func newTable(head ...string) *table {
 	return t
 }
 
-func (t *table) row(cells ...string) { t.rows = append(t.rows, cells) }
+func (t *table) row(cells ...string) {
+	for i, c := range cells {
+		cells[i] = printable(c) // before the widths are measured
+	}
+	t.rows = append(t.rows, cells)
+}
 
 func (t *table) write(p *printer) {
 	width := make([]int, len(t.head))
