@@ -38,6 +38,11 @@ type Listener struct {
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: drain
 	once    sync.Once
+	// hsCtx is the parent of every TLS handshake; Shutdown cancels it:
+	// a connection still in its handshake has no request in flight, and
+	// would be closed once it completes anyway.
+	hsCtx    context.Context
+	hsCancel context.CancelFunc
 
 	mu    sync.Mutex
 	conns map[*Conn]struct{}
@@ -66,6 +71,7 @@ func New(opts Options) (*Listener, error) {
 		done:    make(chan struct{}),
 		conns:   make(map[*Conn]struct{}),
 	}
+	l.hsCtx, l.hsCancel = context.WithCancel(context.Background())
 	if l.log == nil {
 		l.log = zap.NewNop()
 	}
@@ -161,6 +167,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.once.Do(func() {
 		l.closing.Store(true)
 		close(l.done)
+		l.hsCancel()
 		if l.ln != nil {
 			l.ln.Close()
 		}
@@ -290,7 +297,7 @@ func (l *Listener) refuse(raw net.Conn, src netip.AddrPort, reason string) {
 // verified identity. Nothing is dialed before it succeeds.
 func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
 	tc := tls.Server(raw, l.tls)
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Handshake.D())
+	ctx, cancel := context.WithTimeout(l.hsCtx, l.cfg.Timeouts.Handshake.D())
 	defer cancel()
 	fail := func(reason string, err error) bool {
 		l.metrics.refused("handshake")

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"testing"
@@ -113,4 +114,39 @@ func TestTLSRedteamSlowlorisHandshake(t *testing.T) {
 		}
 		return n == 2
 	})
+}
+
+// TestTLSRedteamShutdownDuringHandshake: Shutdown's context bounds it even
+// while clients sit in the TLS handshake (they have no request in flight):
+// a silent client must not hold Shutdown for the handshake timeout.
+func TestTLSRedteamShutdownDuringHandshake(t *testing.T) {
+	ca := newTestCA(t, "Plant")
+	plc := startPLC(t)
+	dev := startCountingDevice(t, plc.Addr())
+	lt := newListenerTLS(t, ca)
+	rec := &memRecorder{}
+	p := startTLSProxy(t, tlsListenerConfig(t, "plc-tls", dev.addr(),
+		lt.yaml("")+"    timeouts:\n      handshake: 30s\n"), allowAll(), rec, tlsProxyOptions{noWatch: true})
+	silent, err := net.DialTimeout("tcp", p.addr(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitFor(t, "a handshake in progress", func() bool { return len(p.slots.ch) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	p.Shutdown(ctx)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("Shutdown with a 200ms context took %s: it waited for the handshake timeout", el)
+	}
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || isTimeoutErr(err) {
+		t.Fatalf("the handshaking client was not closed: %v", err)
+	}
+}
+
+func isTimeoutErr(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }
