@@ -2,11 +2,13 @@ package policy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -165,7 +167,8 @@ func (s Source) loadDir() (*snapshot, error) {
 	return snap, nil
 }
 
-// maxBundleSize bounds a bundle read into memory.
+// maxBundleSize bounds a bundle read into memory: the file, and its
+// content once uncompressed (a gzip bomb is refused before it is expanded).
 const maxBundleSize = 64 << 20
 
 func (s Source) loadBundle() (*snapshot, error) {
@@ -180,6 +183,9 @@ func (s Source) loadBundle() (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
+	if err := checkUncompressed(raw, maxBundleSize); err != nil {
+		return nil, fmt.Errorf("%w: bundle %s: %v", ErrLoad, s.Path, err)
+	}
 	// Signatures are not verified (docs/policy.md): deploy bundles through
 	// a channel you trust, or verify them before they reach Conduit.
 	b, err := bundle.NewCustomReader(bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(raw), s.Path)).
@@ -187,6 +193,7 @@ func (s Source) loadBundle() (*snapshot, error) {
 		WithProcessAnnotations(true).
 		WithSkipBundleVerification(true).
 		WithBundleName(s.Path).
+		WithSizeLimitBytes(maxBundleSize).
 		Read()
 	if err != nil {
 		return nil, fmt.Errorf("%w: bundle %s: %s", ErrLoad, s.Path, loadErrorText(err))
@@ -199,6 +206,11 @@ func (s Source) loadBundle() (*snapshot, error) {
 		snap.data = map[string]any{}
 	}
 	for _, m := range b.Modules {
+		// A tar file may hold the same name twice; which one decides
+		// must not depend on who reads it.
+		if _, dup := snap.modules[m.Path]; dup {
+			return nil, fmt.Errorf("%w: bundle %s: module %s appears more than once", ErrLoad, s.Path, m.Path)
+		}
 		snap.modules[m.Path] = m.Parsed
 		snap.files = append(snap.files, m.Path)
 	}
@@ -210,6 +222,23 @@ func (s Source) loadBundle() (*snapshot, error) {
 		snap.revision = r
 	}
 	return snap, nil
+}
+
+// checkUncompressed streams the gzip stream raw through the decompressor,
+// keeping nothing, and fails when it expands to more than limit bytes.
+func checkUncompressed(raw []byte, limit int64) error {
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("not a gzip file: %v", err)
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(zr, limit+1))
+	if err != nil {
+		return fmt.Errorf("gzip: %v", err)
+	}
+	if n > limit {
+		return fmt.Errorf("more than %d bytes uncompressed", limit)
+	}
+	return nil
 }
 
 // loadErrorText flattens loader errors (one per file) to one line each.

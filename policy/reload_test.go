@@ -1,7 +1,9 @@
 package policy_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"os"
 	"path/filepath"
@@ -278,5 +280,97 @@ func TestBundle(t *testing.T) {
 	}
 	if e.Revision() != rev {
 		t.Error("broken bundle replaced the running version")
+	}
+}
+
+// tarEntry is one file of a hand-made bundle: body, then spaces
+// (compressible) up to size bytes if size is larger, then tail.
+type tarEntry struct {
+	name, body, tail string
+	size             int64
+}
+
+// writeRawBundle writes a .tar.gz of entries as given (bundle.Writer would
+// refuse the malformed ones) and returns its path.
+func writeRawBundle(t *testing.T, entries []tarEntry) string {
+	t.Helper()
+	var buf bytes.Buffer
+	gz, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(gz)
+	pad := bytes.Repeat([]byte(" "), 1<<20)
+	for _, e := range entries {
+		size := max(e.size, int64(len(e.body)+len(e.tail)))
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o644, Typeflag: tar.TypeReg, Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(e.body))
+		for left := size - int64(len(e.body)+len(e.tail)); left > 0; {
+			n := min(left, int64(len(pad)))
+			if _, err := tw.Write(pad[:n]); err != nil {
+				t.Fatal(err)
+			}
+			left -= n
+		}
+		tw.Write([]byte(e.tail))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.tar.gz")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A bundle of a few hundred KiB that expands to more than 64 MiB (a gzip
+// bomb) is refused before it is expanded into memory, and the running
+// version keeps deciding.
+func TestBundleGzipBombRefused(t *testing.T) {
+	good := writeRawBundle(t, []tarEntry{{name: "p.rego", body: allowAll}})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: good}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	bomb := writeRawBundle(t, []tarEntry{
+		{name: "p.rego", body: denyAll},
+		{name: "data.json", body: `{"pad": "`, size: 64<<20 + 1, tail: `"}`}, // valid, only too big
+	})
+	fi, _ := os.Stat(bomb)
+	if fi.Size() > 1<<20 {
+		t.Fatalf("the bomb is %d bytes on disk; want it small", fi.Size())
+	}
+	if err := os.Rename(bomb, good); err != nil {
+		t.Fatal(err)
+	}
+	err = e.Reload(ctx)
+	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "uncompressed") {
+		t.Fatalf("reload of a gzip bomb: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Error("the bomb replaced the running version")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != rev {
+		t.Errorf("decision after the refused bundle %+v", d)
+	}
+}
+
+// A bundle holding the same module path twice is refused: which of the two
+// decides would depend on the reader (tar extraction keeps the last one,
+// a reviewer may read the first).
+func TestBundleDuplicateModuleRefused(t *testing.T) {
+	path := writeRawBundle(t, []tarEntry{{name: "p.rego", body: allowAll}, {name: "p.rego", body: denyAll}})
+	_, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "more than once") {
+		t.Fatalf("bundle with p.rego twice: %v", err)
 	}
 }
