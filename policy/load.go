@@ -26,7 +26,8 @@ type Source struct {
 	// (loaded like `opa eval -d DIR`: a data file's content goes under the
 	// path of its sub-directory), or an OPA bundle (a file ending in
 	// .tar.gz). Files and directories whose name starts with "." are
-	// skipped.
+	// skipped. Either is at most maxPolicySize bytes (a bundle: also
+	// uncompressed), and a directory's policy files must be regular files.
 	Path string
 	// FS, when set, is read instead of the disk, from its root (e.g.
 	// rules.FS, the embedded reference policy). Path then only names it in
@@ -106,7 +107,13 @@ func (s Source) loadDir() (*snapshot, error) {
 			return nil, fmt.Errorf("%w: %s is neither a directory nor a bundle (.tar.gz)", ErrLoad, root)
 		}
 	}
-	var files []string
+	var (
+		files   []string
+		total   int64
+		refused []string // files not read, and why
+	)
+	// info is the file's (a symlink's target's) os.Stat; the loader reads
+	// the file right after the filter lets it through.
 	filter := func(path string, info fs.FileInfo, depth int) bool {
 		if depth == 0 {
 			return false
@@ -120,12 +127,24 @@ func (s Source) loadDir() (*snapshot, error) {
 		if !isPolicyFile(info.Name()) {
 			return true
 		}
+		// A device (/dev/zero) or a FIFO would be read without end.
+		if !info.Mode().IsRegular() {
+			refused = append(refused, fmt.Sprintf("%s: %s, not a regular file", path, fileKind(info.Mode())))
+			return true
+		}
+		if total += info.Size(); total > maxPolicySize {
+			refused = append(refused, fmt.Sprintf("%s: the policy files exceed %d bytes together", path, maxPolicySize))
+			return true
+		}
 		files = append(files, path)
 		return false
 	}
 	res, err := fl.Filtered([]string{root}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrLoad, loadErrorText(err))
+	}
+	if len(refused) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrLoad, strings.Join(refused, "; "))
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("%w: no .rego, .json or .yaml files in %s", ErrLoad, s)
@@ -167,23 +186,24 @@ func (s Source) loadDir() (*snapshot, error) {
 	return snap, nil
 }
 
-// maxBundleSize bounds a bundle read into memory: the file, and its
-// content once uncompressed (a gzip bomb is refused before it is expanded).
-const maxBundleSize = 64 << 20
+// maxPolicySize bounds a policy read into memory: the files of a
+// directory together; a bundle's file, and its content once uncompressed
+// (a gzip bomb is refused before it is expanded).
+const maxPolicySize = 64 << 20
 
 func (s Source) loadBundle() (*snapshot, error) {
 	info, err := os.Stat(s.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
-	if info.Size() > maxBundleSize {
-		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxBundleSize)
+	if info.Size() > maxPolicySize {
+		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxPolicySize)
 	}
 	raw, err := os.ReadFile(s.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
-	if err := checkUncompressed(raw, maxBundleSize); err != nil {
+	if err := checkUncompressed(raw, maxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: bundle %s: %v", ErrLoad, s.Path, err)
 	}
 	// Signatures are not verified (docs/policy.md): deploy bundles through
@@ -193,7 +213,7 @@ func (s Source) loadBundle() (*snapshot, error) {
 		WithProcessAnnotations(true).
 		WithSkipBundleVerification(true).
 		WithBundleName(s.Path).
-		WithSizeLimitBytes(maxBundleSize).
+		WithSizeLimitBytes(maxPolicySize).
 		Read()
 	if err != nil {
 		return nil, fmt.Errorf("%w: bundle %s: %s", ErrLoad, s.Path, loadErrorText(err))
@@ -222,6 +242,19 @@ func (s Source) loadBundle() (*snapshot, error) {
 		snap.revision = r
 	}
 	return snap, nil
+}
+
+// fileKind names a file type that is not a regular file.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
 }
 
 // checkUncompressed streams the gzip stream raw through the decompressor,

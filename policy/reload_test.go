@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -372,5 +373,64 @@ func TestBundleDuplicateModuleRefused(t *testing.T) {
 	_, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
 	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "more than once") {
 		t.Fatalf("bundle with p.rego twice: %v", err)
+	}
+}
+
+// A policy directory entry that is a device (a symlink to /dev/zero would
+// be read until memory runs out) or a named pipe (the load would block
+// forever, and every later reload behind it) is refused, naming it.
+func TestPolicyDirRefusesSpecialFiles(t *testing.T) {
+	for name, mk := range map[string]func(string) error{
+		"device":     func(path string) error { return os.Symlink(os.DevNull, path) },
+		"named pipe": func(path string) error { return syscall.Mkfifo(path, 0o644) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := policyDir(t, map[string]string{"p.rego": allowAll})
+			if err := mk(filepath.Join(dir, "data.json")); err != nil {
+				t.Skip(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}})
+				if e != nil {
+					e.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "data.json: a "+name) {
+					t.Errorf("load: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the load did not end")
+			}
+		})
+	}
+}
+
+// The files of a policy directory are bounded together like a bundle; a
+// reload past the bound keeps the running version.
+func TestPolicyDirSizeBounded(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	data := append(append([]byte(`{"pad": "`), bytes.Repeat([]byte(" "), 64<<20)...), `"}`...)
+	if err := os.WriteFile(filepath.Join(dir, "data.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Reload(ctx); !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "exceed") {
+		t.Fatalf("reload of a 64 MiB data file: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Error("the oversized policy replaced the running version")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != rev {
+		t.Errorf("decision %+v", d)
 	}
 }
