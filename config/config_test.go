@@ -67,6 +67,16 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream tls without a client certificate", minimal[:strings.Index(minimal, "policy:")] + "    upstream_tls:\n      ca_file: plc-ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
 			[]string{"c.yaml:6: listeners[0].upstream_tls.cert_file: required", "c.yaml:6: listeners[0].upstream_tls.key_file: required"}},
 		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
+		// A second document used to be ignored without a word.
+		{"second document", minimal + "---\nlisteners: []\n",
+			[]string{"c.yaml:10: a second YAML document"}},
+		{"upstream is its own listen address", strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5020", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"127.0.0.1:5020\" is the listen address of this listener"}},
+		{"upstream reaches a wildcard listen address", strings.Replace(strings.Replace(minimal, "127.0.0.1:15020", "localhost:5020", 1), "listen: 127.0.0.1:5020", "listen: \":5020\"", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"localhost:5020\" is the listen address"}},
+		{"upstream loop through another listener", strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: \"[::]:15020\"\n    upstream: localhost:5020\npolicy:", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"127.0.0.1:15020\" leads back to this listener through listeners[1]",
+				"c.yaml:9: listeners[1].upstream: \"localhost:5020\" leads back to this listener through listeners[0]"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,6 +93,21 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 				msg = msg[i+len(w):]
 			}
 		})
+	}
+}
+
+// What the loop and document checks must not refuse: a chain of two
+// listeners, another port on the same host, an empty trailing document.
+func TestParseAcceptsNonLoops(t *testing.T) {
+	for name, y := range map[string]string{
+		"chain":                   strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:15020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+		"same host, other port":   strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5021", 1),
+		"other loopback address":  strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.2:5020", 1),
+		"empty trailing document": minimal + "---\n# nothing more\n",
+	} {
+		if _, err := Parse("c.yaml", []byte(y)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 

@@ -82,6 +82,8 @@ func (c *Config) validate() []*Error {
 		}
 	}
 
+	errs = append(errs, c.upstreamLoops()...)
+
 	if c.Policy.Path == "" {
 		bad("policy.path", "required: a directory of .rego/.json files or an OPA bundle (.tar.gz)")
 	}
@@ -110,6 +112,72 @@ func (c *Config) validate() []*Error {
 		}
 	}
 	return errs
+}
+
+// upstreamLoops reports a listener whose upstream is its own listen
+// address, or leads back to it through other listeners: every connection
+// would open another one to the proxy itself until the limits run out.
+func (c *Config) upstreamLoops() []*Error {
+	// next[i] is the listener that listener i's upstream reaches, or -1.
+	next := make([]int, len(c.Listeners))
+	for i := range c.Listeners {
+		next[i] = -1
+		for j := range c.Listeners {
+			if reaches(c.Listeners[i].Upstream, c.Listeners[j].Listen) {
+				next[i] = j
+				break
+			}
+		}
+	}
+	var errs []*Error
+	for i := range c.Listeners {
+		path := []string{}
+		for j, steps := next[i], 0; j >= 0 && steps < len(next); j, steps = next[j], steps+1 {
+			if j == i {
+				msg := fmt.Sprintf("%q is the listen address of this listener: the proxy would connect to itself", c.Listeners[i].Upstream)
+				if len(path) > 0 {
+					msg = fmt.Sprintf("%q leads back to this listener through %s: the proxies would connect to each other in a loop",
+						c.Listeners[i].Upstream, strings.Join(path, ", "))
+				}
+				errs = append(errs, &Error{Field: fmt.Sprintf("listeners[%d].upstream", i), Msg: msg})
+				break
+			}
+			path = append(path, fmt.Sprintf("listeners[%d]", j))
+		}
+	}
+	return errs
+}
+
+// reaches reports whether dialing upstream connects to a socket listening
+// on listen: the same port, and the same host, or a listen host that
+// accepts on every local address (empty, 0.0.0.0, ::) dialed through a
+// local one (localhost, a loopback or unspecified address), or localhost
+// dialed to a loopback listen address. Names other than localhost are not
+// resolved: validation does no DNS.
+func reaches(upstream, listen string) bool {
+	uh, up, err1 := net.SplitHostPort(upstream)
+	lh, lp, err2 := net.SplitHostPort(listen)
+	if err1 != nil || err2 != nil || up != lp {
+		return false
+	}
+	if strings.EqualFold(uh, lh) {
+		return true
+	}
+	if ua, la := net.ParseIP(uh), net.ParseIP(lh); ua != nil && la != nil && ua.Equal(la) {
+		return true
+	}
+	local := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "" || strings.EqualFold(h, "localhost") || ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	la := net.ParseIP(lh)
+	switch {
+	case lh == "" || la != nil && la.IsUnspecified():
+		return local(uh)
+	case la != nil && la.IsLoopback():
+		return strings.EqualFold(uh, "localhost")
+	}
+	return false
 }
 
 func (t *TLS) validate(p string) []*Error {
