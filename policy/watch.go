@@ -16,6 +16,10 @@ import (
 // DefaultWatchDebounce is the quiet period before a watch reload.
 const DefaultWatchDebounce = 250 * time.Millisecond
 
+// watchMaxDelay bounds, in debounce periods, how long changes that keep
+// coming postpone a watch reload.
+const watchMaxDelay = 20
+
 // watchReloadTimeout bounds one watch-triggered reload (compile and tests).
 const watchReloadTimeout = 2 * time.Minute
 
@@ -52,6 +56,11 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 	defer w.Close()
 	timer := time.NewTimer(debounce)
 	timer.Stop()
+	// first is when the oldest change not yet reloaded came (zero: none).
+	// Changes postpone the reload by debounce each, but not past
+	// watchMaxDelay debounce periods after first: files that never stop
+	// changing (a log in the directory) must not hold a reload back.
+	var first time.Time
 	for {
 		select {
 		case <-e.ctx.Done():
@@ -71,7 +80,13 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 					_ = addTree(w, ev.Name)
 				}
 			}
-			timer.Reset(debounce)
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			if now.Sub(first) < watchMaxDelay*debounce {
+				timer.Reset(debounce)
+			} // else the timer set by an earlier change fires soon
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
@@ -86,6 +101,7 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 				})
 			}
 		case <-timer.C:
+			first = time.Time{}
 			ctx, cancel := context.WithTimeout(e.ctx, watchReloadTimeout)
 			_ = e.reload(ctx, TriggerWatch) // reported through OnReload
 			cancel()

@@ -96,3 +96,41 @@ func TestWatchBundle(t *testing.T) {
 	writeBundle(t, path, "r2", denyAll)
 	waitFor(t, "the bundle reload", func() bool { return e.Revision() == "r2" })
 }
+
+// Files that keep changing in the watched directory (an audit or log file
+// placed there, a tool rewriting its state every few milliseconds) reset
+// the debounce timer on every event: a real policy change behind them was
+// never reloaded. A reload now happens at most watchMaxDelay (20 debounce
+// periods) after the first change, however busy the directory.
+func TestWatchNotStarvedByBusyDirectory(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, Watch: true, WatchDebounce: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	v1 := e.Revision()
+
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-stopped }()
+	go func() {
+		defer close(stopped)
+		noise := filepath.Join(dir, "noise.log")
+		tick := time.NewTicker(2 * time.Millisecond) // ten times within one debounce period
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				f, err := os.OpenFile(noise, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+				if err == nil {
+					f.WriteString("x\n")
+					f.Close()
+				}
+			}
+		}
+	}()
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	waitFor(t, "the reload behind the noise", func() bool { return e.Revision() != v1 })
+}
