@@ -67,6 +67,15 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream tls without a client certificate", minimal[:strings.Index(minimal, "policy:")] + "    upstream_tls:\n      ca_file: plc-ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
 			[]string{"c.yaml:6: listeners[0].upstream_tls.cert_file: required", "c.yaml:6: listeners[0].upstream_tls.key_file: required"}},
 		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
+		// The audit file where the proxy would append to something else.
+		{"audit file in the policy directory", strings.Replace(minimal, "file: audit.jsonl", "file: rules/audit/trail.json", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/rules/audit/trail.json is inside the policy directory"}},
+		{"audit file is the policy bundle", strings.Replace(strings.Replace(minimal, "path: rules/", "path: p.tar.gz", 1), "file: audit.jsonl", "file: p.tar.gz", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/p.tar.gz is also policy.path"}},
+		{"audit file is the configuration", strings.Replace(minimal, "file: audit.jsonl", "file: c.yaml", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/c.yaml is the configuration file itself"}},
+		{"audit file is a key", minimal[:strings.Index(minimal, "policy:")] + "    tls:\n      cert_file: a.crt\n      key_file: audit.jsonl\n      client_ca_file: ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
+			[]string{"audit.file: /etc/conduit/audit.jsonl is also listeners[0].tls.key_file"}},
 		// A second document used to be ignored without a word.
 		{"second document", minimal + "---\nlisteners: []\n",
 			[]string{"c.yaml:10: a second YAML document"}},
@@ -80,7 +89,7 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse("c.yaml", []byte(tc.yaml))
+			_, err := Parse("/etc/conduit/c.yaml", []byte(tc.yaml))
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -100,10 +109,11 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 // listeners, another port on the same host, an empty trailing document.
 func TestParseAcceptsNonLoops(t *testing.T) {
 	for name, y := range map[string]string{
-		"chain":                   strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:15020\n    upstream: 10.0.0.7:502\npolicy:", 1),
-		"same host, other port":   strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5021", 1),
-		"other loopback address":  strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.2:5020", 1),
-		"empty trailing document": minimal + "---\n# nothing more\n",
+		"chain":                                   strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:15020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+		"same host, other port":                   strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5021", 1),
+		"other loopback address":                  strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.2:5020", 1),
+		"empty trailing document":                 minimal + "---\n# nothing more\n",
+		"audit file next to the policy directory": strings.Replace(minimal, "file: audit.jsonl", "file: rules-audit/audit.jsonl", 1),
 	} {
 		if _, err := Parse("c.yaml", []byte(y)); err != nil {
 			t.Errorf("%s: %v", name, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -92,6 +93,8 @@ func (c *Config) validate() []*Error {
 	}
 	if c.Audit.File == "" {
 		bad("audit.file", "required: Conduit does not forward without an audit trail")
+	} else if msg := c.auditFileClash(); msg != "" {
+		bad("audit.file", "%s", msg)
 	}
 	if c.Limits.MaxConnections < 1 {
 		bad("limits.max_connections", "must be at least 1")
@@ -112,6 +115,48 @@ func (c *Config) validate() []*Error {
 		}
 	}
 	return errs
+}
+
+// auditFileClash says why audit.file cannot be where it is, or "": the
+// proxy appends to it, so it must not be a file the configuration names
+// for something else, nor lie in the policy directory (every write would
+// wake the policy watch, and a .json/.yaml name would be loaded as data).
+func (c *Config) auditFileClash() string {
+	audit := filepath.Clean(c.Audit.File)
+	if c.File != "" && audit == filepath.Clean(c.File) {
+		return fmt.Sprintf("%s is the configuration file itself", c.Audit.File)
+	}
+	if c.Policy.Path != "" {
+		pol := filepath.Clean(c.Policy.Path)
+		if audit == pol {
+			return fmt.Sprintf("%s is also policy.path", c.Audit.File)
+		}
+		if rel, err := filepath.Rel(pol, audit); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return fmt.Sprintf("%s is inside the policy directory %s: keep the audit trail out of it", c.Audit.File, c.Policy.Path)
+		}
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		var files [][2]string // field, path
+		if t := l.TLS; t != nil {
+			files = append(files, [2]string{".tls.cert_file", t.CertFile}, [2]string{".tls.key_file", t.KeyFile},
+				[2]string{".tls.client_ca_file", t.ClientCAFile}, [2]string{".tls.crl_file", t.CRLFile})
+			if st := t.StepCA; st != nil {
+				files = append(files, [2]string{".tls.step_ca.token_file", st.TokenFile})
+			}
+		}
+		if u := l.UpstreamTLS; u != nil {
+			files = append(files, [2]string{".upstream_tls.cert_file", u.CertFile}, [2]string{".upstream_tls.key_file", u.KeyFile},
+				[2]string{".upstream_tls.ca_file", u.CAFile})
+		}
+		for _, f := range files {
+			if f[1] != "" && filepath.Clean(f[1]) == audit {
+				return fmt.Sprintf("%s is also %s%s", c.Audit.File, p, f[0])
+			}
+		}
+	}
+	return ""
 }
 
 // upstreamLoops reports a listener whose upstream is its own listen
