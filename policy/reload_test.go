@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -432,5 +433,65 @@ func TestPolicyDirSizeBounded(t *testing.T) {
 	}
 	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != rev {
 		t.Errorf("decision %+v", d)
+	}
+}
+
+// A reload storm (SIGHUPs and file events) while decisions flow: every
+// decision is made by one whole version (its reason matches its revision,
+// whatever the cache), no decision fails, and a broken version in the
+// middle never decides.
+func TestReloadStormWhileDeciding(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, Watch: true, WatchDebounce: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+
+	var mu sync.Mutex
+	reasons := map[string]string{} // revision -> reason
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := e.Decide(ctx, readHR(fmt.Sprintf("127.0.0.1:%d", 1000+g), uint16(i%8), 1))
+				if d.Err != nil || d.Allow != (d.Reason == "v1 allows") {
+					errs <- fmt.Sprintf("decision %+v", d)
+					return
+				}
+				mu.Lock()
+				if r, ok := reasons[d.Revision]; ok && r != d.Reason {
+					mu.Unlock()
+					errs <- fmt.Sprintf("revision %s decided %q and %q", d.Revision, r, d.Reason)
+					return
+				}
+				reasons[d.Revision] = d.Reason
+				mu.Unlock()
+			}
+		}()
+	}
+	versions := []string{denyAll, "package conduit\n\ndecision := \n", allowAll}
+	for i := range 60 {
+		writeFiles(t, dir, map[string]string{"p.rego": versions[i%len(versions)]})
+		_ = e.Reload(ctx) // the broken one fails; the others swap
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case msg := <-errs:
+		t.Fatal(msg)
+	default:
+	}
+	if len(reasons) == 0 || len(reasons) > 2 {
+		t.Errorf("revisions seen: %v, want the two good ones at most", reasons)
 	}
 }
