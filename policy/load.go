@@ -81,8 +81,36 @@ func (s Source) load() (*snapshot, error) {
 	if s.isBundle() {
 		return s.loadBundle()
 	}
-	return s.loadDir()
+	if s.FS != nil {
+		return s.loadDir() // embedded: cannot change
+	}
+	// A directory is read file by file: a deployment writing into it
+	// meanwhile (git checkout, rsync, a file appearing) could give a
+	// version that mixes old and new files, which never existed and may
+	// well compile. It is read again until two reads in a row agree.
+	prev, err := s.loadDir()
+	if err != nil {
+		return nil, err
+	}
+	for range maxLoadReads - 1 {
+		snap, err := s.loadDir()
+		if err != nil {
+			return nil, err
+		}
+		if snap.hash == prev.hash {
+			return snap, nil
+		}
+		prev = snap
+	}
+	return nil, fmt.Errorf("%w: %s kept changing while it was read (%d reads); reload when the deployment is done", ErrLoad, s, maxLoadReads)
 }
+
+// maxLoadReads bounds the reads of a directory that keeps changing.
+const maxLoadReads = 4
+
+// testHookFiltered, when set (tests), is called with each policy file's
+// path just before the loader reads it.
+var testHookFiltered func(path string)
 
 func isPolicyFile(name string) bool {
 	switch filepath.Ext(name) {
@@ -137,6 +165,9 @@ func (s Source) loadDir() (*snapshot, error) {
 			return true
 		}
 		files = append(files, path)
+		if testHookFiltered != nil {
+			testHookFiltered(path)
+		}
 		return false
 	}
 	res, err := fl.Filtered([]string{root}, filter)
