@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
@@ -217,6 +218,9 @@ func (s Source) loadDir() (*snapshot, error) {
 	return snap, nil
 }
 
+// maxRevisionLen bounds a bundle manifest's revision.
+const maxRevisionLen = 256
+
 // maxPolicySize bounds a policy read into memory: the files of a
 // directory together; a bundle's file, and its content once uncompressed
 // (a gzip bomb is refused before it is expanded).
@@ -270,6 +274,11 @@ func (s Source) loadBundle() (*snapshot, error) {
 	snap.hash = "sha256:" + hex.EncodeToString(sum[:])[:16]
 	snap.revision = snap.hash
 	if r := b.Manifest.Revision; r != "" {
+		// The revision is written into every decision and audit event.
+		if len(r) > maxRevisionLen || strings.IndexFunc(r, func(c rune) bool { return !unicode.IsPrint(c) }) >= 0 {
+			return nil, fmt.Errorf("%w: bundle %s: the manifest revision must be at most %d printable characters (it goes into every audit event)",
+				ErrLoad, s.Path, maxRevisionLen)
+		}
 		snap.revision = r
 	}
 	return snap, nil

@@ -495,3 +495,29 @@ func TestReloadStormWhileDeciding(t *testing.T) {
 		t.Errorf("revisions seen: %v, want the two good ones at most", reasons)
 	}
 }
+
+// A bundle's manifest revision goes into every decision and audit event:
+// a megabyte of it (or control characters) is refused, not copied into
+// each event of the trail.
+func TestBundleRevisionBounded(t *testing.T) {
+	for name, rev := range map[string]string{
+		"long":    strings.Repeat("r", 1<<20),
+		"control": "v1\x1b[2J\r\nfake",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.tar.gz")
+			writeBundle(t, path, rev, allowAll)
+			_, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+			if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "revision") {
+				t.Fatalf("bundle with a %s revision: %v", name, err)
+			}
+		})
+	}
+	path := filepath.Join(t.TempDir(), "policy.tar.gz")
+	writeBundle(t, path, "v1.2.3+git.0123abcd (2026-11-22)", allowAll)
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+}
