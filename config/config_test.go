@@ -67,6 +67,12 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream tls without a client certificate", minimal[:strings.Index(minimal, "policy:")] + "    upstream_tls:\n      ca_file: plc-ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
 			[]string{"c.yaml:6: listeners[0].upstream_tls.cert_file: required", "c.yaml:6: listeners[0].upstream_tls.key_file: required"}},
 		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
+		// Listen addresses that cannot both be bound: the second bind
+		// used to fail only at start, naming no line.
+		{"listen overlaps a wildcard", strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:5020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+			[]string{"c.yaml:8: listeners[1].listen: 0.0.0.0:5020 overlaps 127.0.0.1:5020, the address of listeners[0]"}},
+		{"listen is the same IPv6 address", strings.Replace(strings.Replace(minimal, "listen: 127.0.0.1:5020", "listen: \"[::1]:5020\"", 1), "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: \"[0:0::1]:5020\"\n    upstream: 10.0.0.7:502\npolicy:", 1),
+			[]string{"c.yaml:8: listeners[1].listen: [0:0::1]:5020 overlaps [::1]:5020, the address of listeners[0]"}},
 		// The audit file where the proxy would append to something else.
 		{"audit file in the policy directory", strings.Replace(minimal, "file: audit.jsonl", "file: rules/audit/trail.json", 1),
 			[]string{"c.yaml:9: audit.file: /etc/conduit/rules/audit/trail.json is inside the policy directory"}},
@@ -110,6 +116,7 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 func TestParseAcceptsNonLoops(t *testing.T) {
 	for name, y := range map[string]string{
 		"chain":                                   strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:15020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+		"two loopback addresses, same port":       strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 127.0.0.2:5020\n    upstream: 10.0.0.7:502\npolicy:", 1),
 		"same host, other port":                   strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5021", 1),
 		"other loopback address":                  strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.2:5020", 1),
 		"empty trailing document":                 minimal + "---\n# nothing more\n",

@@ -49,6 +49,16 @@ func (c *Config) validate() []*Error {
 		} else if !strings.HasSuffix(l.Listen, ":0") { // port 0: each gets its own
 			if j, dup := listens[l.Listen]; dup {
 				bad(p+".listen", "%s is also the address of listeners[%d]", l.Listen, j)
+			} else {
+				// The same socket written another way ([::1] and
+				// [0:0::1]), or a wildcard address on the same port as
+				// another listener: the second bind would fail at start.
+				for j := range c.Listeners[:i] {
+					if prev := c.Listeners[j].Listen; sameSocket(l.Listen, prev) {
+						bad(p+".listen", "%s overlaps %s, the address of listeners[%d]", l.Listen, prev, j)
+						break
+					}
+				}
 			}
 			listens[l.Listen] = i
 		}
@@ -191,6 +201,22 @@ func (c *Config) upstreamLoops() []*Error {
 		}
 	}
 	return errs
+}
+
+// sameSocket reports whether two listen addresses cannot both be bound:
+// the same port, and the same address, or a wildcard host on either side.
+func sameSocket(a, b string) bool {
+	ah, ap, err1 := net.SplitHostPort(a)
+	bh, bp, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || ap != bp {
+		return false
+	}
+	wild := func(h string) bool { ip := net.ParseIP(h); return h == "" || ip != nil && ip.IsUnspecified() }
+	if strings.EqualFold(ah, bh) || wild(ah) || wild(bh) {
+		return true
+	}
+	aip, bip := net.ParseIP(ah), net.ParseIP(bh)
+	return aip != nil && bip != nil && aip.Equal(bip)
 }
 
 // reaches reports whether dialing upstream connects to a socket listening
