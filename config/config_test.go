@@ -73,6 +73,8 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 			[]string{"c.yaml:8: listeners[1].listen: 0.0.0.0:5020 overlaps 127.0.0.1:5020, the address of listeners[0]"}},
 		{"listen is the same IPv6 address", strings.Replace(strings.Replace(minimal, "listen: 127.0.0.1:5020", "listen: \"[::1]:5020\"", 1), "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: \"[0:0::1]:5020\"\n    upstream: 10.0.0.7:502\npolicy:", 1),
 			[]string{"c.yaml:8: listeners[1].listen: [0:0::1]:5020 overlaps [::1]:5020, the address of listeners[0]"}},
+		{"metrics on a listener's address", minimal + "metrics:\n  listen: \":5020\"\n",
+			[]string{"c.yaml:11: metrics.listen: :5020 overlaps 127.0.0.1:5020, the address of listeners[0]"}},
 		// The audit file where the proxy would append to something else.
 		{"audit file in the policy directory", strings.Replace(minimal, "file: audit.jsonl", "file: rules/audit/trail.json", 1),
 			[]string{"c.yaml:9: audit.file: /etc/conduit/rules/audit/trail.json is inside the policy directory"}},

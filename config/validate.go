@@ -122,6 +122,13 @@ func (c *Config) validate() []*Error {
 	if c.Metrics.Listen != "" {
 		if err := checkHostPort(c.Metrics.Listen, true); err != nil {
 			bad("metrics.listen", "%v", err)
+		} else if !strings.HasSuffix(c.Metrics.Listen, ":0") {
+			for j := range c.Listeners {
+				if l := c.Listeners[j].Listen; sameSocket(c.Metrics.Listen, l) {
+					bad("metrics.listen", "%s overlaps %s, the address of listeners[%d]", c.Metrics.Listen, l, j)
+					break
+				}
+			}
 		}
 	}
 	return errs
