@@ -144,11 +144,13 @@ func (c *Config) auditFileClash() string {
 		return fmt.Sprintf("%s is the configuration file itself", c.Audit.File)
 	}
 	if c.Policy.Path != "" {
+		// The same path as a directory fails at start (the audit file
+		// cannot be opened); the same path as a bundle would not.
 		pol := filepath.Clean(c.Policy.Path)
-		if audit == pol {
+		if audit == pol && strings.HasSuffix(pol, ".tar.gz") {
 			return fmt.Sprintf("%s is also policy.path", c.Audit.File)
 		}
-		if rel, err := filepath.Rel(pol, audit); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		if rel, err := filepath.Rel(pol, audit); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 			return fmt.Sprintf("%s is inside the policy directory %s: keep the audit trail out of it", c.Audit.File, c.Policy.Path)
 		}
 	}
