@@ -34,12 +34,23 @@ func (e *Engine) startWatch() error {
 	if err != nil {
 		return fmt.Errorf("policy: watch %s: %w", e.opts.Path, err)
 	}
-	bundleName := ""
+	bundleName, linkName := "", ""
 	if e.opts.Source.isBundle() {
 		bundleName = filepath.Base(e.opts.Path)
 		err = w.Add(filepath.Dir(e.opts.Path))
 	} else {
-		err = addTree(w, e.opts.Path)
+		// A directory given as a symlink (current -> releases/v42, a
+		// common atomic deployment): the tree watched is the target's
+		// (filepath.WalkDir does not follow a symlink, not even the
+		// root, so nothing at all was watched), and the link's parent
+		// is watched for the link being swapped.
+		if fi, lerr := os.Lstat(e.opts.Path); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			linkName = filepath.Base(e.opts.Path)
+			err = w.Add(filepath.Dir(e.opts.Path))
+		}
+		if err == nil {
+			err = addTree(w, resolve(e.opts.Path))
+		}
 	}
 	if err != nil {
 		w.Close()
@@ -47,11 +58,19 @@ func (e *Engine) startWatch() error {
 	}
 	debounce := cmp.Or(e.opts.WatchDebounce, DefaultWatchDebounce)
 	e.watchDone = make(chan struct{})
-	go e.watchLoop(w, bundleName, debounce)
+	go e.watchLoop(w, bundleName, linkName, debounce)
 	return nil
 }
 
-func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time.Duration) {
+// resolve returns path with symlinks resolved, or path if that fails.
+func resolve(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return path
+}
+
+func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName, linkName string, debounce time.Duration) {
 	defer close(e.watchDone)
 	defer w.Close()
 	timer := time.NewTimer(debounce)
@@ -74,6 +93,14 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 				if filepath.Base(ev.Name) != bundleName {
 					continue
 				}
+			} else if linkName != "" && filepath.Dir(ev.Name) == filepath.Dir(e.opts.Path) {
+				// The link's parent: only the link itself counts. A new
+				// target is watched too (the old one's watches stay:
+				// a change there reloads to an unchanged hash).
+				if filepath.Base(ev.Name) != linkName {
+					continue
+				}
+				_ = addTree(w, resolve(e.opts.Path))
 			} else if ev.Has(fsnotify.Create) {
 				// A new sub-directory holds policy files too.
 				if info, err := os.Stat(ev.Name); err == nil && info.IsDir() && !hidden(ev.Name) {

@@ -134,3 +134,46 @@ func TestWatchNotStarvedByBusyDirectory(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
 	waitFor(t, "the reload behind the noise", func() bool { return e.Revision() != v1 })
 }
+
+// policy.path given as a symlink to a directory (current -> releases/v1,
+// the usual atomic deployment): filepath.WalkDir does not follow a
+// symlinked root, so the watch used to watch nothing at all and no change
+// was ever picked up. An edit in the target and a swap of the link are
+// both reloaded now.
+func TestWatchSymlinkedDirectory(t *testing.T) {
+	base := t.TempDir()
+	writeFiles(t, base, map[string]string{"releases/v1/p.rego": allowAll, "releases/v2/p.rego": denyAll})
+	cur := filepath.Join(base, "current")
+	if err := os.Symlink(filepath.Join(base, "releases", "v1"), cur); err != nil {
+		t.Fatal(err)
+	}
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: cur}, Watch: true, WatchDebounce: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r1 := e.Revision()
+
+	// An edit inside the target.
+	writeFiles(t, base, map[string]string{"releases/v1/data.json": `{"x": 1}`})
+	waitFor(t, "the reload after an edit in the link's target", func() bool { return e.Revision() != r1 })
+	r2 := e.Revision()
+
+	// The link swapped to another release, as deployments do it.
+	tmp := filepath.Join(base, ".current.tmp")
+	if err := os.Symlink(filepath.Join(base, "releases", "v2"), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, cur); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload after the link was swapped", func() bool { return e.Revision() != r2 })
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); d.Allow || d.Reason != "v2 denies" {
+		t.Errorf("decision after the swap %+v", d)
+	}
+
+	// An edit in the new target is picked up too.
+	r3 := e.Revision()
+	writeFiles(t, base, map[string]string{"releases/v2/data.json": `{"x": 2}`})
+	waitFor(t, "the reload after an edit in the new target", func() bool { return e.Revision() != r3 })
+}
