@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -520,4 +521,36 @@ func TestBundleRevisionBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Close()
+}
+
+// A reload whose context ends before its Rego tests have run (a watch
+// reload past its 2-minute bound, SIGTERM during a SIGHUP reload) used to
+// accept the new version: OPA's runner stops without a result for the
+// tests it did not run, so no failure was counted. Here the new version
+// fails its test, which never ran; it must not decide.
+func TestReloadRefusedWhenTestsDidNotFinish(t *testing.T) {
+	var evs events
+	dir := policyDir(t, map[string]string{"p.rego": allowAll, "p_test.rego": passing})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, RunTests: true, OnReload: evs.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := e.Reload(cctx); !errors.Is(err, policy.ErrTests) {
+		t.Fatalf("reload with its tests interrupted: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Fatal("a version whose tests did not run replaced the running one")
+	}
+	if ev := evs.last(t); ev.OK || !errors.Is(ev.Err, policy.ErrTests) {
+		t.Errorf("reload event %+v", ev)
+	}
+	if _, err := policy.RunTests(cctx, policy.Source{Path: dir}, policy.TestOptions{}); !errors.Is(err, policy.ErrTests) {
+		t.Errorf("RunTests with its context ended: %v", err)
+	}
 }
