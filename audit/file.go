@@ -20,7 +20,8 @@ import (
 // newline; the torn line is left as evidence.
 //
 // The proxy calls Reopen on SIGHUP after logrotate renamed the file, and
-// Close on shutdown.
+// Close on shutdown. A file deleted under the sink is created again by the
+// next write (Linux: the link count is checked before each batch).
 func OpenFile(path string, opts Options) (*Sink, error) {
 	f, seq, torn, err := openAuditFile(path, opts.Fsync)
 	if err != nil {
@@ -186,6 +187,9 @@ func (t *fileTarget) Rollback(n int) error {
 }
 
 func (t *fileTarget) Close() error { return t.f.Close() }
+
+// Unlinked reports whether the file was deleted while open (Linux).
+func (t *fileTarget) Unlinked() bool { return unlinked(t.f) }
 
 // EndsTorn reads the file's last byte (Reopen opens it for reading and
 // writing): not a newline means a partial line.

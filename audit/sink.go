@@ -424,6 +424,10 @@ func (s *Sink) commit(b *batch) error {
 		s.fail(b)
 		return ErrClosed
 	}
+	if err := s.replaceUnlinkedLocked(); err != nil {
+		s.fail(b)
+		return fmt.Errorf("audit: write %s (sequence %d..%d): %w", s.name, b.first, b.last, err)
+	}
 	data := b.buf[1:]
 	if s.torn {
 		data = b.buf
@@ -467,6 +471,31 @@ func (s *Sink) commit(b *batch) error {
 		_ = s.t.Sync()
 	}
 	return werr
+}
+
+// replaceUnlinkedLocked creates the file again when it was deleted under
+// the sink (rm, a cleanup job): events written to a file without a name
+// are gone when it is closed, although every write succeeds. The new file
+// continues the sequence, as after Reopen; if it cannot be created, the
+// batch fails (its callers deny). s.wmu is held.
+func (s *Sink) replaceUnlinkedLocked() error {
+	u, ok := s.t.(interface{ Unlinked() bool })
+	if !ok || s.reopen == nil || !u.Unlinked() {
+		return nil
+	}
+	t, err := s.reopen()
+	if err != nil {
+		return fmt.Errorf("the file was deleted and cannot be created again: %w", err)
+	}
+	torn, err := t.EndsTorn()
+	if err != nil {
+		_ = t.Close()
+		return fmt.Errorf("the file was deleted and cannot be created again: %w", err)
+	}
+	old := s.t
+	s.t, s.torn = t, torn
+	_ = old.Close()
+	return nil
 }
 
 func (s *Sink) fail(b *batch) {

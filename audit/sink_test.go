@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -614,6 +616,53 @@ func TestResumeSequence(t *testing.T) {
 	os.WriteFile(junk, []byte("not an audit file\n"), 0o600)
 	if _, err := audit.OpenFile(junk, audit.Options{}); err == nil {
 		t.Error("OpenFile accepted a file without events")
+	}
+}
+
+// The audit file deleted under a running sink (rm, a cleanup job): every
+// write to the unlinked file succeeded, so traffic went on while its events
+// went to a file nobody could read and that vanished at close. The next
+// batch now creates the file again, continuing the sequence; if it cannot
+// be created (a file stands where its directory was), the batch fails.
+func TestFileDeletedUnderSink(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the link count is read on Linux")
+	}
+	dir := filepath.Join(t.TempDir(), "audit")
+	path := filepath.Join(dir, "audit.jsonl")
+	s, err := audit.OpenFile(path, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 3; i++ {
+		if err := s.Record(modbusWrite()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	ev := modbusWrite()
+	if err := s.Record(ev); err != nil {
+		t.Fatal(err)
+	}
+	recs := readFile(t, path)
+	if len(recs) != 1 || recs[0].Seq() != 4 || ev.Seq != 4 {
+		t.Fatalf("after the deletion the file holds %d events (want the 4th alone)", len(recs))
+	}
+	assertMode(t, path, 0o600)
+
+	// Deleted again, and its directory replaced by a file: nowhere to
+	// write, so the event fails and its caller denies.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record(modbusWrite()); err == nil || !strings.Contains(err.Error(), "deleted") {
+		t.Fatalf("Record with the file deleted and no way to create it: %v", err)
 	}
 }
 

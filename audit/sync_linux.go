@@ -28,3 +28,18 @@ func fdatasync(f *os.File) error {
 	}
 	return nil
 }
+
+// unlinked reports whether f's file has no name left (deleted while open).
+// An error is "no": the write that follows reports it.
+func unlinked(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var st syscall.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil || serr != nil {
+		return false
+	}
+	return st.Nlink == 0
+}

@@ -67,10 +67,37 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream tls without a client certificate", minimal[:strings.Index(minimal, "policy:")] + "    upstream_tls:\n      ca_file: plc-ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
 			[]string{"c.yaml:6: listeners[0].upstream_tls.cert_file: required", "c.yaml:6: listeners[0].upstream_tls.key_file: required"}},
 		{"not yaml", "listeners: [", []string{"c.yaml:1: "}},
+		// Listen addresses that cannot both be bound: the second bind
+		// used to fail only at start, naming no line.
+		{"listen overlaps a wildcard", strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:5020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+			[]string{"c.yaml:8: listeners[1].listen: 0.0.0.0:5020 overlaps 127.0.0.1:5020, the address of listeners[0]"}},
+		{"listen is the same IPv6 address", strings.Replace(strings.Replace(minimal, "listen: 127.0.0.1:5020", "listen: \"[::1]:5020\"", 1), "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: \"[0:0::1]:5020\"\n    upstream: 10.0.0.7:502\npolicy:", 1),
+			[]string{"c.yaml:8: listeners[1].listen: [0:0::1]:5020 overlaps [::1]:5020, the address of listeners[0]"}},
+		{"metrics on a listener's address", minimal + "metrics:\n  listen: \":5020\"\n",
+			[]string{"c.yaml:11: metrics.listen: :5020 overlaps 127.0.0.1:5020, the address of listeners[0]"}},
+		// The audit file where the proxy would append to something else.
+		{"audit file in the policy directory", strings.Replace(minimal, "file: audit.jsonl", "file: rules/audit/trail.json", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/rules/audit/trail.json is inside the policy directory"}},
+		{"audit file is the policy bundle", strings.Replace(strings.Replace(minimal, "path: rules/", "path: p.tar.gz", 1), "file: audit.jsonl", "file: p.tar.gz", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/p.tar.gz is also policy.path"}},
+		{"audit file is the configuration", strings.Replace(minimal, "file: audit.jsonl", "file: c.yaml", 1),
+			[]string{"c.yaml:9: audit.file: /etc/conduit/c.yaml is the configuration file itself"}},
+		{"audit file is a key", minimal[:strings.Index(minimal, "policy:")] + "    tls:\n      cert_file: a.crt\n      key_file: audit.jsonl\n      client_ca_file: ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
+			[]string{"audit.file: /etc/conduit/audit.jsonl is also listeners[0].tls.key_file"}},
+		// A second document used to be ignored without a word.
+		{"second document", minimal + "---\nlisteners: []\n",
+			[]string{"c.yaml:10: a second YAML document"}},
+		{"upstream is its own listen address", strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5020", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"127.0.0.1:5020\" is the listen address of this listener"}},
+		{"upstream reaches a wildcard listen address", strings.Replace(strings.Replace(minimal, "127.0.0.1:15020", "localhost:5020", 1), "listen: 127.0.0.1:5020", "listen: \":5020\"", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"localhost:5020\" is the listen address"}},
+		{"upstream loop through another listener", strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: \"[::]:15020\"\n    upstream: localhost:5020\npolicy:", 1),
+			[]string{"c.yaml:5: listeners[0].upstream: \"127.0.0.1:15020\" leads back to this listener through listeners[1]",
+				"c.yaml:9: listeners[1].upstream: \"localhost:5020\" leads back to this listener through listeners[0]"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse("c.yaml", []byte(tc.yaml))
+			_, err := Parse("/etc/conduit/c.yaml", []byte(tc.yaml))
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -83,6 +110,23 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 				msg = msg[i+len(w):]
 			}
 		})
+	}
+}
+
+// What the loop and document checks must not refuse: a chain of two
+// listeners, another port on the same host, an empty trailing document.
+func TestParseAcceptsNonLoops(t *testing.T) {
+	for name, y := range map[string]string{
+		"chain":                                   strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 0.0.0.0:15020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+		"two loopback addresses, same port":       strings.Replace(minimal, "policy:", "  - name: plc-line2\n    protocol: modbus\n    listen: 127.0.0.2:5020\n    upstream: 10.0.0.7:502\npolicy:", 1),
+		"same host, other port":                   strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.1:5021", 1),
+		"other loopback address":                  strings.Replace(minimal, "127.0.0.1:15020", "127.0.0.2:5020", 1),
+		"empty trailing document":                 minimal + "---\n# nothing more\n",
+		"audit file next to the policy directory": strings.Replace(minimal, "file: audit.jsonl", "file: rules-audit/audit.jsonl", 1),
+	} {
+		if _, err := Parse("c.yaml", []byte(y)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 

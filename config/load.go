@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -71,6 +72,15 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err := dec.Decode(&root); err != nil {
 		return nil, &Error{File: name, Line: yamlErrorLine(err), Msg: yamlErrorMsg(err)}
 	}
+	// A second document ("---") would be ignored silently: refuse it.
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, &Error{File: name, Line: yamlErrorLine(err), Msg: yamlErrorMsg(err)}
+	case !emptyDocument(&next):
+		return nil, &Error{File: name, Line: next.Line, Msg: "a second YAML document (\"---\"): the configuration is one document"}
+	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
@@ -103,6 +113,15 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, errs
 	}
 	return cfg, nil
+}
+
+// emptyDocument reports whether n is a document holding nothing (a "---"
+// followed by nothing but comments).
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null" && n.Value == ""
 }
 
 // checkKeys reports every mapping key that has no field in t, with its line,

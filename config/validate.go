@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -48,6 +49,16 @@ func (c *Config) validate() []*Error {
 		} else if !strings.HasSuffix(l.Listen, ":0") { // port 0: each gets its own
 			if j, dup := listens[l.Listen]; dup {
 				bad(p+".listen", "%s is also the address of listeners[%d]", l.Listen, j)
+			} else {
+				// The same socket written another way ([::1] and
+				// [0:0::1]), or a wildcard address on the same port as
+				// another listener: the second bind would fail at start.
+				for j := range c.Listeners[:i] {
+					if prev := c.Listeners[j].Listen; sameSocket(l.Listen, prev) {
+						bad(p+".listen", "%s overlaps %s, the address of listeners[%d]", l.Listen, prev, j)
+						break
+					}
+				}
 			}
 			listens[l.Listen] = i
 		}
@@ -82,6 +93,8 @@ func (c *Config) validate() []*Error {
 		}
 	}
 
+	errs = append(errs, c.upstreamLoops()...)
+
 	if c.Policy.Path == "" {
 		bad("policy.path", "required: a directory of .rego/.json files or an OPA bundle (.tar.gz)")
 	}
@@ -90,6 +103,8 @@ func (c *Config) validate() []*Error {
 	}
 	if c.Audit.File == "" {
 		bad("audit.file", "required: Conduit does not forward without an audit trail")
+	} else if msg := c.auditFileClash(); msg != "" {
+		bad("audit.file", "%s", msg)
 	}
 	if c.Limits.MaxConnections < 1 {
 		bad("limits.max_connections", "must be at least 1")
@@ -107,9 +122,142 @@ func (c *Config) validate() []*Error {
 	if c.Metrics.Listen != "" {
 		if err := checkHostPort(c.Metrics.Listen, true); err != nil {
 			bad("metrics.listen", "%v", err)
+		} else if !strings.HasSuffix(c.Metrics.Listen, ":0") {
+			for j := range c.Listeners {
+				if l := c.Listeners[j].Listen; sameSocket(c.Metrics.Listen, l) {
+					bad("metrics.listen", "%s overlaps %s, the address of listeners[%d]", c.Metrics.Listen, l, j)
+					break
+				}
+			}
 		}
 	}
 	return errs
+}
+
+// auditFileClash says why audit.file cannot be where it is, or "": the
+// proxy appends to it, so it must not be a file the configuration names
+// for something else, nor lie in the policy directory (every write would
+// wake the policy watch, and a .json/.yaml name would be loaded as data).
+func (c *Config) auditFileClash() string {
+	audit := filepath.Clean(c.Audit.File)
+	if c.File != "" && audit == filepath.Clean(c.File) {
+		return fmt.Sprintf("%s is the configuration file itself", c.Audit.File)
+	}
+	if c.Policy.Path != "" {
+		// The same path as a directory fails at start (the audit file
+		// cannot be opened); the same path as a bundle would not.
+		pol := filepath.Clean(c.Policy.Path)
+		if audit == pol && strings.HasSuffix(pol, ".tar.gz") {
+			return fmt.Sprintf("%s is also policy.path", c.Audit.File)
+		}
+		if rel, err := filepath.Rel(pol, audit); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return fmt.Sprintf("%s is inside the policy directory %s: keep the audit trail out of it", c.Audit.File, c.Policy.Path)
+		}
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		var files [][2]string // field, path
+		if t := l.TLS; t != nil {
+			files = append(files, [2]string{".tls.cert_file", t.CertFile}, [2]string{".tls.key_file", t.KeyFile},
+				[2]string{".tls.client_ca_file", t.ClientCAFile}, [2]string{".tls.crl_file", t.CRLFile})
+			if st := t.StepCA; st != nil {
+				files = append(files, [2]string{".tls.step_ca.token_file", st.TokenFile})
+			}
+		}
+		if u := l.UpstreamTLS; u != nil {
+			files = append(files, [2]string{".upstream_tls.cert_file", u.CertFile}, [2]string{".upstream_tls.key_file", u.KeyFile},
+				[2]string{".upstream_tls.ca_file", u.CAFile})
+		}
+		for _, f := range files {
+			if f[1] != "" && filepath.Clean(f[1]) == audit {
+				return fmt.Sprintf("%s is also %s%s", c.Audit.File, p, f[0])
+			}
+		}
+	}
+	return ""
+}
+
+// upstreamLoops reports a listener whose upstream is its own listen
+// address, or leads back to it through other listeners: every connection
+// would open another one to the proxy itself until the limits run out.
+func (c *Config) upstreamLoops() []*Error {
+	// next[i] is the listener that listener i's upstream reaches, or -1.
+	next := make([]int, len(c.Listeners))
+	for i := range c.Listeners {
+		next[i] = -1
+		for j := range c.Listeners {
+			if reaches(c.Listeners[i].Upstream, c.Listeners[j].Listen) {
+				next[i] = j
+				break
+			}
+		}
+	}
+	var errs []*Error
+	for i := range c.Listeners {
+		path := []string{}
+		for j, steps := next[i], 0; j >= 0 && steps < len(next); j, steps = next[j], steps+1 {
+			if j == i {
+				msg := fmt.Sprintf("%q is the listen address of this listener: the proxy would connect to itself", c.Listeners[i].Upstream)
+				if len(path) > 0 {
+					msg = fmt.Sprintf("%q leads back to this listener through %s: the proxies would connect to each other in a loop",
+						c.Listeners[i].Upstream, strings.Join(path, ", "))
+				}
+				errs = append(errs, &Error{Field: fmt.Sprintf("listeners[%d].upstream", i), Msg: msg})
+				break
+			}
+			path = append(path, fmt.Sprintf("listeners[%d]", j))
+		}
+	}
+	return errs
+}
+
+// sameSocket reports whether two listen addresses cannot both be bound:
+// the same port, and the same address, or a wildcard host on either side.
+func sameSocket(a, b string) bool {
+	ah, ap, err1 := net.SplitHostPort(a)
+	bh, bp, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || ap != bp {
+		return false
+	}
+	wild := func(h string) bool { ip := net.ParseIP(h); return h == "" || ip != nil && ip.IsUnspecified() }
+	if strings.EqualFold(ah, bh) || wild(ah) || wild(bh) {
+		return true
+	}
+	aip, bip := net.ParseIP(ah), net.ParseIP(bh)
+	return aip != nil && bip != nil && aip.Equal(bip)
+}
+
+// reaches reports whether dialing upstream connects to a socket listening
+// on listen: the same port, and the same host, or a listen host that
+// accepts on every local address (empty, 0.0.0.0, ::) dialed through a
+// local one (localhost, a loopback or unspecified address), or localhost
+// dialed to a loopback listen address. Names other than localhost are not
+// resolved: validation does no DNS.
+func reaches(upstream, listen string) bool {
+	uh, up, err1 := net.SplitHostPort(upstream)
+	lh, lp, err2 := net.SplitHostPort(listen)
+	if err1 != nil || err2 != nil || up != lp {
+		return false
+	}
+	if strings.EqualFold(uh, lh) {
+		return true
+	}
+	if ua, la := net.ParseIP(uh), net.ParseIP(lh); ua != nil && la != nil && ua.Equal(la) {
+		return true
+	}
+	local := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "" || strings.EqualFold(h, "localhost") || ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	la := net.ParseIP(lh)
+	switch {
+	case lh == "" || la != nil && la.IsUnspecified():
+		return local(uh)
+	case la != nil && la.IsLoopback():
+		return strings.EqualFold(uh, "localhost")
+	}
+	return false
 }
 
 func (t *TLS) validate(p string) []*Error {

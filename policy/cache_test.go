@@ -84,6 +84,34 @@ func TestCacheReloadInvalidates(t *testing.T) {
 	}
 }
 
+// A non-deterministic built-in called as the value of a with modifier
+// (the compiler does not list it among the built-ins the policy requires)
+// disables the cache too: before, g("x", 100) with g as rand.intn kept the
+// cache on and every request got the first random number.
+func TestNondeterministicWithValueDisablesCache(t *testing.T) {
+	for name, c := range map[string]struct{ helper, call string }{
+		"rand.intn":    {`g(a, b) := 0`, `x := g("x", 100) with g as rand.intn`},
+		"uuid.rfc4122": {`g(a) := ""`, `x := g("x") with g as uuid.rfc4122`},
+		"http.send":    {`g(a) := {}`, `x := g({"method": "GET", "url": "http://127.0.0.1:1/"}) with g as http.send`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var evs events
+			e := engineFor(t, map[string]string{"p.rego": fmt.Sprintf(`package conduit
+%s
+decision := {"allow": true, "reason": sprintf("%%v", [x])} if {
+	%s
+}
+`, c.helper, c.call)}, policy.Options{OnReload: evs.add})
+			if e.CacheEnabled() {
+				t.Fatal("cache enabled")
+			}
+			if ev := evs.last(t); ev.CacheEnabled || !slices.Contains(ev.Nondeterministic, name) {
+				t.Errorf("event %+v, want %s listed", ev, name)
+			}
+		})
+	}
+}
+
 func TestNondeterministicDisablesCache(t *testing.T) {
 	for name, call := range map[string]string{
 		"time.now_ns":          `time.now_ns() > 0`,

@@ -112,15 +112,34 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 // and any function the compiler required that is not a known built-in. The
 // compiler's type checker records every built-in the modules call in
 // Required.Builtins.
+//
+// A built-in can also be called without appearing there: as the value of
+// a with modifier (f(x) with f as rand.intn), which Required.Builtins does
+// not list; the modules' with modifiers are checked too.
 func nondeterministicBuiltins(c *ast.Compiler) []string {
 	var out []string
+	check := func(name string, known *ast.Builtin, ok bool) {
+		switch {
+		case !ok, known.Nondeterministic, extraNondeterministic[name],
+			strings.HasPrefix(name, "rand."), strings.HasPrefix(name, "http."):
+			out = append(out, name)
+		}
+	}
 	for _, b := range c.Required.Builtins {
 		known, ok := ast.BuiltinMap[b.Name]
-		switch {
-		case !ok, known.Nondeterministic, extraNondeterministic[b.Name],
-			strings.HasPrefix(b.Name, "rand."), strings.HasPrefix(b.Name, "http."):
-			out = append(out, b.Name)
-		}
+		check(b.Name, known, ok)
+	}
+	for _, m := range c.Modules {
+		ast.WalkWiths(m, func(w *ast.With) bool {
+			switch w.Value.Value.(type) {
+			case ast.Ref, ast.Var:
+				name := w.Value.String()
+				if known, ok := ast.BuiltinMap[name]; ok {
+					check(name, known, true)
+				}
+			}
+			return false
+		})
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

@@ -409,7 +409,7 @@ func (e *Engine) failed(d Decision, err error) Decision {
 		ID:       d.ID,
 		Revision: d.Revision,
 		Allow:    false,
-		Reason:   "policy error: " + err.Error(),
+		Reason:   truncate("policy error: "+err.Error(), MaxReasonLen),
 		Err:      err,
 	}
 }

@@ -3,10 +3,12 @@ package policy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/conduit-ot/conduit/config"
 	"github.com/conduit-ot/conduit/inspect"
@@ -308,5 +310,29 @@ func TestDeciderFunc(t *testing.T) {
 	})
 	if got := d.Decide(ctx, nil); !got.Allow || got.Reason != "fake" {
 		t.Errorf("decision %+v", got)
+	}
+}
+
+// The decision's reason and rule go into every audit event; a policy that
+// builds them from the input (an OPC UA value of megabytes) or an error
+// quoting such values must not make one event that large. They are cut at
+// a character boundary.
+func TestDecisionStringsBounded(t *testing.T) {
+	big := strings.Repeat("é", 1<<20) // 2 MiB, two bytes a character
+	e := engineFor(t, map[string]string{"p.rego": fmt.Sprintf(`package conduit
+decision := {"allow": false, "reason": %q, "rule": %q} if input.listener == "plc-line1"
+decision := {"allow": false, "reason": "a"} if input.listener == "conflict"
+decision := {"allow": true, "reason": %q} if input.listener == "conflict"
+`, big, big, big)}, policy.Options{})
+	d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1))
+	if len(d.Reason) > policy.MaxReasonLen || len(d.Rule) > policy.MaxRuleLen ||
+		!utf8.ValidString(d.Reason) || !utf8.ValidString(d.Rule) || !strings.HasSuffix(d.Reason, "...") {
+		t.Errorf("reason %d bytes, rule %d bytes (valid UTF-8: %v, %v)", len(d.Reason), len(d.Rule), utf8.ValidString(d.Reason), utf8.ValidString(d.Rule))
+	}
+	in := readHR("127.0.0.1:1", 0, 1)
+	in.Listener = "conflict"
+	d = e.Decide(ctx, in)
+	if d.Err == nil || d.Allow || len(d.Reason) > policy.MaxReasonLen || !utf8.ValidString(d.Reason) {
+		t.Errorf("conflict: allow %v, err %v, reason %d bytes", d.Allow, d.Err != nil, len(d.Reason))
 	}
 }

@@ -2,16 +2,19 @@ package policy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
@@ -24,7 +27,8 @@ type Source struct {
 	// (loaded like `opa eval -d DIR`: a data file's content goes under the
 	// path of its sub-directory), or an OPA bundle (a file ending in
 	// .tar.gz). Files and directories whose name starts with "." are
-	// skipped.
+	// skipped. Either is at most maxPolicySize bytes (a bundle: also
+	// uncompressed), and a directory's policy files must be regular files.
 	Path string
 	// FS, when set, is read instead of the disk, from its root (e.g.
 	// rules.FS, the embedded reference policy). Path then only names it in
@@ -78,8 +82,36 @@ func (s Source) load() (*snapshot, error) {
 	if s.isBundle() {
 		return s.loadBundle()
 	}
-	return s.loadDir()
+	if s.FS != nil {
+		return s.loadDir() // embedded: cannot change
+	}
+	// A directory is read file by file: a deployment writing into it
+	// meanwhile (git checkout, rsync, a file appearing) could give a
+	// version that mixes old and new files, which never existed and may
+	// well compile. It is read again until two reads in a row agree.
+	prev, err := s.loadDir()
+	if err != nil {
+		return nil, err
+	}
+	for range maxLoadReads - 1 {
+		snap, err := s.loadDir()
+		if err != nil {
+			return nil, err
+		}
+		if snap.hash == prev.hash {
+			return snap, nil
+		}
+		prev = snap
+	}
+	return nil, fmt.Errorf("%w: %s kept changing while it was read (%d reads); reload when the deployment is done", ErrLoad, s, maxLoadReads)
 }
+
+// maxLoadReads bounds the reads of a directory that keeps changing.
+const maxLoadReads = 4
+
+// testHookFiltered, when set (tests), is called with each policy file's
+// path just before the loader reads it.
+var testHookFiltered func(path string)
 
 func isPolicyFile(name string) bool {
 	switch filepath.Ext(name) {
@@ -104,7 +136,13 @@ func (s Source) loadDir() (*snapshot, error) {
 			return nil, fmt.Errorf("%w: %s is neither a directory nor a bundle (.tar.gz)", ErrLoad, root)
 		}
 	}
-	var files []string
+	var (
+		files   []string
+		total   int64
+		refused []string // files not read, and why
+	)
+	// info is the file's (a symlink's target's) os.Stat; the loader reads
+	// the file right after the filter lets it through.
 	filter := func(path string, info fs.FileInfo, depth int) bool {
 		if depth == 0 {
 			return false
@@ -118,12 +156,27 @@ func (s Source) loadDir() (*snapshot, error) {
 		if !isPolicyFile(info.Name()) {
 			return true
 		}
+		// A device (/dev/zero) or a FIFO would be read without end.
+		if !info.Mode().IsRegular() {
+			refused = append(refused, fmt.Sprintf("%s: %s, not a regular file", path, fileKind(info.Mode())))
+			return true
+		}
+		if total += info.Size(); total > maxPolicySize {
+			refused = append(refused, fmt.Sprintf("%s: the policy files exceed %d bytes together", path, maxPolicySize))
+			return true
+		}
 		files = append(files, path)
+		if testHookFiltered != nil {
+			testHookFiltered(path)
+		}
 		return false
 	}
 	res, err := fl.Filtered([]string{root}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrLoad, loadErrorText(err))
+	}
+	if len(refused) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrLoad, strings.Join(refused, "; "))
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("%w: no .rego, .json or .yaml files in %s", ErrLoad, s)
@@ -165,20 +218,28 @@ func (s Source) loadDir() (*snapshot, error) {
 	return snap, nil
 }
 
-// maxBundleSize bounds a bundle read into memory.
-const maxBundleSize = 64 << 20
+// maxRevisionLen bounds a bundle manifest's revision.
+const maxRevisionLen = 256
+
+// maxPolicySize bounds a policy read into memory: the files of a
+// directory together; a bundle's file, and its content once uncompressed
+// (a gzip bomb is refused before it is expanded).
+const maxPolicySize = 64 << 20
 
 func (s Source) loadBundle() (*snapshot, error) {
 	info, err := os.Stat(s.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
-	if info.Size() > maxBundleSize {
-		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxBundleSize)
+	if info.Size() > maxPolicySize {
+		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxPolicySize)
 	}
 	raw, err := os.ReadFile(s.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
+	}
+	if err := checkUncompressed(raw, maxPolicySize); err != nil {
+		return nil, fmt.Errorf("%w: bundle %s: %v", ErrLoad, s.Path, err)
 	}
 	// Signatures are not verified (docs/policy.md): deploy bundles through
 	// a channel you trust, or verify them before they reach Conduit.
@@ -187,6 +248,7 @@ func (s Source) loadBundle() (*snapshot, error) {
 		WithProcessAnnotations(true).
 		WithSkipBundleVerification(true).
 		WithBundleName(s.Path).
+		WithSizeLimitBytes(maxPolicySize).
 		Read()
 	if err != nil {
 		return nil, fmt.Errorf("%w: bundle %s: %s", ErrLoad, s.Path, loadErrorText(err))
@@ -199,6 +261,11 @@ func (s Source) loadBundle() (*snapshot, error) {
 		snap.data = map[string]any{}
 	}
 	for _, m := range b.Modules {
+		// A tar file may hold the same name twice; which one decides
+		// must not depend on who reads it.
+		if _, dup := snap.modules[m.Path]; dup {
+			return nil, fmt.Errorf("%w: bundle %s: module %s appears more than once", ErrLoad, s.Path, m.Path)
+		}
 		snap.modules[m.Path] = m.Parsed
 		snap.files = append(snap.files, m.Path)
 	}
@@ -207,9 +274,44 @@ func (s Source) loadBundle() (*snapshot, error) {
 	snap.hash = "sha256:" + hex.EncodeToString(sum[:])[:16]
 	snap.revision = snap.hash
 	if r := b.Manifest.Revision; r != "" {
+		// The revision is written into every decision and audit event.
+		if len(r) > maxRevisionLen || strings.IndexFunc(r, func(c rune) bool { return !unicode.IsPrint(c) }) >= 0 {
+			return nil, fmt.Errorf("%w: bundle %s: the manifest revision must be at most %d printable characters (it goes into every audit event)",
+				ErrLoad, s.Path, maxRevisionLen)
+		}
 		snap.revision = r
 	}
 	return snap, nil
+}
+
+// fileKind names a file type that is not a regular file.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
+}
+
+// checkUncompressed streams the gzip stream raw through the decompressor,
+// keeping nothing, and fails when it expands to more than limit bytes.
+func checkUncompressed(raw []byte, limit int64) error {
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("not a gzip file: %v", err)
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(zr, limit+1))
+	if err != nil {
+		return fmt.Errorf("gzip: %v", err)
+	}
+	if n > limit {
+		return fmt.Errorf("more than %d bytes uncompressed", limit)
+	}
+	return nil
 }
 
 // loadErrorText flattens loader errors (one per file) to one line each.

@@ -153,6 +153,12 @@ func runTests(ctx context.Context, snap *snapshot, opts TestOptions) (*TestRepor
 	for tr := range ch {
 		rep.Results = append(rep.Results, testResult(tr))
 	}
+	// The runner stops at a cancelled context without a result for the
+	// tests it did not run: the report would count no failure, and an
+	// untested version would pass. It is an error instead.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: the tests did not finish (%d of them ran): %v", ErrTests, len(rep.Results), err)
+	}
 	slices.SortFunc(rep.Results, func(a, b TestResult) int {
 		return cmp.Or(compareLocation(a.Location, b.Location), strings.Compare(a.Name, b.Name))
 	})

@@ -1,12 +1,17 @@
 package policy_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,5 +283,274 @@ func TestBundle(t *testing.T) {
 	}
 	if e.Revision() != rev {
 		t.Error("broken bundle replaced the running version")
+	}
+}
+
+// tarEntry is one file of a hand-made bundle: body, then spaces
+// (compressible) up to size bytes if size is larger, then tail.
+type tarEntry struct {
+	name, body, tail string
+	size             int64
+}
+
+// writeRawBundle writes a .tar.gz of entries as given (bundle.Writer would
+// refuse the malformed ones) and returns its path.
+func writeRawBundle(t *testing.T, entries []tarEntry) string {
+	t.Helper()
+	var buf bytes.Buffer
+	gz, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(gz)
+	pad := bytes.Repeat([]byte(" "), 1<<20)
+	for _, e := range entries {
+		size := max(e.size, int64(len(e.body)+len(e.tail)))
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o644, Typeflag: tar.TypeReg, Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(e.body))
+		for left := size - int64(len(e.body)+len(e.tail)); left > 0; {
+			n := min(left, int64(len(pad)))
+			if _, err := tw.Write(pad[:n]); err != nil {
+				t.Fatal(err)
+			}
+			left -= n
+		}
+		tw.Write([]byte(e.tail))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.tar.gz")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A bundle of a few hundred KiB that expands to more than 64 MiB (a gzip
+// bomb) is refused before it is expanded into memory, and the running
+// version keeps deciding.
+func TestBundleGzipBombRefused(t *testing.T) {
+	good := writeRawBundle(t, []tarEntry{{name: "p.rego", body: allowAll}})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: good}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	bomb := writeRawBundle(t, []tarEntry{
+		{name: "p.rego", body: denyAll},
+		{name: "data.json", body: `{"pad": "`, size: 64<<20 + 1, tail: `"}`}, // valid, only too big
+	})
+	fi, _ := os.Stat(bomb)
+	if fi.Size() > 1<<20 {
+		t.Fatalf("the bomb is %d bytes on disk; want it small", fi.Size())
+	}
+	if err := os.Rename(bomb, good); err != nil {
+		t.Fatal(err)
+	}
+	err = e.Reload(ctx)
+	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "uncompressed") {
+		t.Fatalf("reload of a gzip bomb: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Error("the bomb replaced the running version")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != rev {
+		t.Errorf("decision after the refused bundle %+v", d)
+	}
+}
+
+// A bundle holding the same module path twice is refused: which of the two
+// decides would depend on the reader (tar extraction keeps the last one,
+// a reviewer may read the first).
+func TestBundleDuplicateModuleRefused(t *testing.T) {
+	path := writeRawBundle(t, []tarEntry{{name: "p.rego", body: allowAll}, {name: "p.rego", body: denyAll}})
+	_, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+	if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "more than once") {
+		t.Fatalf("bundle with p.rego twice: %v", err)
+	}
+}
+
+// A policy directory entry that is a device (a symlink to /dev/zero would
+// be read until memory runs out) or a named pipe (the load would block
+// forever, and every later reload behind it) is refused, naming it.
+func TestPolicyDirRefusesSpecialFiles(t *testing.T) {
+	for name, mk := range map[string]func(string) error{
+		"device":     func(path string) error { return os.Symlink(os.DevNull, path) },
+		"named pipe": func(path string) error { return syscall.Mkfifo(path, 0o644) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := policyDir(t, map[string]string{"p.rego": allowAll})
+			if err := mk(filepath.Join(dir, "data.json")); err != nil {
+				t.Skip(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}})
+				if e != nil {
+					e.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "data.json: a "+name) {
+					t.Errorf("load: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the load did not end")
+			}
+		})
+	}
+}
+
+// The files of a policy directory are bounded together like a bundle; a
+// reload past the bound keeps the running version.
+func TestPolicyDirSizeBounded(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	data := append(append([]byte(`{"pad": "`), bytes.Repeat([]byte(" "), 64<<20)...), `"}`...)
+	if err := os.WriteFile(filepath.Join(dir, "data.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Reload(ctx); !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "exceed") {
+		t.Fatalf("reload of a 64 MiB data file: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Error("the oversized policy replaced the running version")
+	}
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); !d.Allow || d.Revision != rev {
+		t.Errorf("decision %+v", d)
+	}
+}
+
+// A reload storm (SIGHUPs and file events) while decisions flow: every
+// decision is made by one whole version (its reason matches its revision,
+// whatever the cache), no decision fails, and a broken version in the
+// middle never decides.
+func TestReloadStormWhileDeciding(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, Watch: true, WatchDebounce: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+
+	var mu sync.Mutex
+	reasons := map[string]string{} // revision -> reason
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := e.Decide(ctx, readHR(fmt.Sprintf("127.0.0.1:%d", 1000+g), uint16(i%8), 1))
+				if d.Err != nil || d.Allow != (d.Reason == "v1 allows") {
+					errs <- fmt.Sprintf("decision %+v", d)
+					return
+				}
+				mu.Lock()
+				if r, ok := reasons[d.Revision]; ok && r != d.Reason {
+					mu.Unlock()
+					errs <- fmt.Sprintf("revision %s decided %q and %q", d.Revision, r, d.Reason)
+					return
+				}
+				reasons[d.Revision] = d.Reason
+				mu.Unlock()
+			}
+		}()
+	}
+	versions := []string{denyAll, "package conduit\n\ndecision := \n", allowAll}
+	for i := range 60 {
+		writeFiles(t, dir, map[string]string{"p.rego": versions[i%len(versions)]})
+		_ = e.Reload(ctx) // the broken one fails; the others swap
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case msg := <-errs:
+		t.Fatal(msg)
+	default:
+	}
+	if len(reasons) == 0 || len(reasons) > 2 {
+		t.Errorf("revisions seen: %v, want the two good ones at most", reasons)
+	}
+}
+
+// A bundle's manifest revision goes into every decision and audit event:
+// a megabyte of it (or control characters) is refused, not copied into
+// each event of the trail.
+func TestBundleRevisionBounded(t *testing.T) {
+	for name, rev := range map[string]string{
+		"long":    strings.Repeat("r", 1<<20),
+		"control": "v1\x1b[2J\r\nfake",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.tar.gz")
+			writeBundle(t, path, rev, allowAll)
+			_, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+			if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "revision") {
+				t.Fatalf("bundle with a %s revision: %v", name, err)
+			}
+		})
+	}
+	path := filepath.Join(t.TempDir(), "policy.tar.gz")
+	writeBundle(t, path, "v1.2.3+git.0123abcd (2026-11-22)", allowAll)
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+}
+
+// A reload whose context ends before its Rego tests have run (a watch
+// reload past its 2-minute bound, SIGTERM during a SIGHUP reload) used to
+// accept the new version: OPA's runner stops without a result for the
+// tests it did not run, so no failure was counted. Here the new version
+// fails its test, which never ran; it must not decide.
+func TestReloadRefusedWhenTestsDidNotFinish(t *testing.T) {
+	var evs events
+	dir := policyDir(t, map[string]string{"p.rego": allowAll, "p_test.rego": passing})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, RunTests: true, OnReload: evs.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rev := e.Revision()
+
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := e.Reload(cctx); !errors.Is(err, policy.ErrTests) {
+		t.Fatalf("reload with its tests interrupted: %v", err)
+	}
+	if e.Revision() != rev {
+		t.Fatal("a version whose tests did not run replaced the running one")
+	}
+	if ev := evs.last(t); ev.OK || !errors.Is(ev.Err, policy.ErrTests) {
+		t.Errorf("reload event %+v", ev)
+	}
+	if _, err := policy.RunTests(cctx, policy.Source{Path: dir}, policy.TestOptions{}); !errors.Is(err, policy.ErrTests) {
+		t.Errorf("RunTests with its context ended: %v", err)
 	}
 }

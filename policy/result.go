@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -75,14 +76,14 @@ func parseDecision(v ast.Value) (outcome, error) {
 	if !ok {
 		return outcome{}, fmt.Errorf("%w: \"reason\" must be a string, got %s", ErrShape, ast.ValueName(reason.Value))
 	}
-	o.reason = string(s)
+	o.reason = truncate(string(s), MaxReasonLen)
 
 	if t := obj.Get(keyRule); t != nil {
 		s, ok := t.Value.(ast.String)
 		if !ok {
 			return outcome{}, fmt.Errorf("%w: \"rule\" must be a string, got %s", ErrShape, ast.ValueName(t.Value))
 		}
-		o.rule = string(s)
+		o.rule = truncate(string(s), MaxRuleLen)
 	}
 	if t := obj.Get(keyAction); t != nil {
 		s, ok := t.Value.(ast.String)
@@ -109,6 +110,28 @@ func parseDecision(v ast.Value) (outcome, error) {
 	// Other keys are ignored, so that a policy may carry extra detail (and
 	// a newer policy still runs on an older Conduit).
 	return o, nil
+}
+
+// Bounds of the decision's strings: they are copied into every audit
+// event and may be built from the input (an OPC UA value of megabytes).
+// Longer ones are cut, at a character boundary, and end in "...".
+const (
+	MaxReasonLen = 1024
+	MaxRuleLen   = 256
+)
+
+// truncate cuts s to at most n bytes, at a UTF-8 character boundary, and
+// marks the cut with "...".
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "..."
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 // classifyEvalError maps an evaluation error to the package's codes. ctx is

@@ -16,6 +16,10 @@ import (
 // DefaultWatchDebounce is the quiet period before a watch reload.
 const DefaultWatchDebounce = 250 * time.Millisecond
 
+// watchMaxDelay bounds, in debounce periods, how long changes that keep
+// coming postpone a watch reload.
+const watchMaxDelay = 20
+
 // watchReloadTimeout bounds one watch-triggered reload (compile and tests).
 const watchReloadTimeout = 2 * time.Minute
 
@@ -30,12 +34,23 @@ func (e *Engine) startWatch() error {
 	if err != nil {
 		return fmt.Errorf("policy: watch %s: %w", e.opts.Path, err)
 	}
-	bundleName := ""
+	bundleName, linkName := "", ""
 	if e.opts.Source.isBundle() {
 		bundleName = filepath.Base(e.opts.Path)
 		err = w.Add(filepath.Dir(e.opts.Path))
 	} else {
-		err = addTree(w, e.opts.Path)
+		// A directory given as a symlink (current -> releases/v42, a
+		// common atomic deployment): the tree watched is the target's
+		// (filepath.WalkDir does not follow a symlink, not even the
+		// root, so nothing at all was watched), and the link's parent
+		// is watched for the link being swapped.
+		if fi, lerr := os.Lstat(e.opts.Path); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			linkName = filepath.Base(e.opts.Path)
+			err = w.Add(filepath.Dir(e.opts.Path))
+		}
+		if err == nil {
+			err = addTree(w, resolve(e.opts.Path))
+		}
 	}
 	if err != nil {
 		w.Close()
@@ -43,15 +58,28 @@ func (e *Engine) startWatch() error {
 	}
 	debounce := cmp.Or(e.opts.WatchDebounce, DefaultWatchDebounce)
 	e.watchDone = make(chan struct{})
-	go e.watchLoop(w, bundleName, debounce)
+	go e.watchLoop(w, bundleName, linkName, debounce)
 	return nil
 }
 
-func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time.Duration) {
+// resolve returns path with symlinks resolved, or path if that fails.
+func resolve(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return path
+}
+
+func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName, linkName string, debounce time.Duration) {
 	defer close(e.watchDone)
 	defer w.Close()
 	timer := time.NewTimer(debounce)
 	timer.Stop()
+	// first is when the oldest change not yet reloaded came (zero: none).
+	// Changes postpone the reload by debounce each, but not past
+	// watchMaxDelay debounce periods after first: files that never stop
+	// changing (a log in the directory) must not hold a reload back.
+	var first time.Time
 	for {
 		select {
 		case <-e.ctx.Done():
@@ -65,13 +93,27 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 				if filepath.Base(ev.Name) != bundleName {
 					continue
 				}
+			} else if linkName != "" && filepath.Dir(ev.Name) == filepath.Dir(e.opts.Path) {
+				// The link's parent: only the link itself counts. A new
+				// target is watched too (the old one's watches stay:
+				// a change there reloads to an unchanged hash).
+				if filepath.Base(ev.Name) != linkName {
+					continue
+				}
+				_ = addTree(w, resolve(e.opts.Path))
 			} else if ev.Has(fsnotify.Create) {
 				// A new sub-directory holds policy files too.
 				if info, err := os.Stat(ev.Name); err == nil && info.IsDir() && !hidden(ev.Name) {
 					_ = addTree(w, ev.Name)
 				}
 			}
-			timer.Reset(debounce)
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			if now.Sub(first) < watchMaxDelay*debounce {
+				timer.Reset(debounce)
+			} // else the timer set by an earlier change fires soon
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
@@ -86,6 +128,7 @@ func (e *Engine) watchLoop(w *fsnotify.Watcher, bundleName string, debounce time
 				})
 			}
 		case <-timer.C:
+			first = time.Time{}
 			ctx, cancel := context.WithTimeout(e.ctx, watchReloadTimeout)
 			_ = e.reload(ctx, TriggerWatch) // reported through OnReload
 			cancel()

@@ -96,3 +96,84 @@ func TestWatchBundle(t *testing.T) {
 	writeBundle(t, path, "r2", denyAll)
 	waitFor(t, "the bundle reload", func() bool { return e.Revision() == "r2" })
 }
+
+// Files that keep changing in the watched directory (an audit or log file
+// placed there, a tool rewriting its state every few milliseconds) reset
+// the debounce timer on every event: a real policy change behind them was
+// never reloaded. A reload now happens at most watchMaxDelay (20 debounce
+// periods) after the first change, however busy the directory.
+func TestWatchNotStarvedByBusyDirectory(t *testing.T) {
+	dir := policyDir(t, map[string]string{"p.rego": allowAll})
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: dir}, Watch: true, WatchDebounce: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	v1 := e.Revision()
+
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-stopped }()
+	go func() {
+		defer close(stopped)
+		noise := filepath.Join(dir, "noise.log")
+		tick := time.NewTicker(2 * time.Millisecond) // ten times within one debounce period
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				f, err := os.OpenFile(noise, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+				if err == nil {
+					f.WriteString("x\n")
+					f.Close()
+				}
+			}
+		}
+	}()
+	writeFiles(t, dir, map[string]string{"p.rego": denyAll})
+	waitFor(t, "the reload behind the noise", func() bool { return e.Revision() != v1 })
+}
+
+// policy.path given as a symlink to a directory (current -> releases/v1,
+// the usual atomic deployment): filepath.WalkDir does not follow a
+// symlinked root, so the watch used to watch nothing at all and no change
+// was ever picked up. An edit in the target and a swap of the link are
+// both reloaded now.
+func TestWatchSymlinkedDirectory(t *testing.T) {
+	base := t.TempDir()
+	writeFiles(t, base, map[string]string{"releases/v1/p.rego": allowAll, "releases/v2/p.rego": denyAll})
+	cur := filepath.Join(base, "current")
+	if err := os.Symlink(filepath.Join(base, "releases", "v1"), cur); err != nil {
+		t.Fatal(err)
+	}
+	e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: cur}, Watch: true, WatchDebounce: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r1 := e.Revision()
+
+	// An edit inside the target.
+	writeFiles(t, base, map[string]string{"releases/v1/data.json": `{"x": 1}`})
+	waitFor(t, "the reload after an edit in the link's target", func() bool { return e.Revision() != r1 })
+	r2 := e.Revision()
+
+	// The link swapped to another release, as deployments do it.
+	tmp := filepath.Join(base, ".current.tmp")
+	if err := os.Symlink(filepath.Join(base, "releases", "v2"), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, cur); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload after the link was swapped", func() bool { return e.Revision() != r2 })
+	if d := e.Decide(ctx, readHR("127.0.0.1:1", 0, 1)); d.Allow || d.Reason != "v2 denies" {
+		t.Errorf("decision after the swap %+v", d)
+	}
+
+	// An edit in the new target is picked up too.
+	r3 := e.Revision()
+	writeFiles(t, base, map[string]string{"releases/v2/data.json": `{"x": 2}`})
+	waitFor(t, "the reload after an edit in the new target", func() bool { return e.Revision() != r3 })
+}

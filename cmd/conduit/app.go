@@ -187,9 +187,16 @@ func (a *app) serve() {
 	}
 }
 
-// reload is SIGHUP: policy, TLS material, audit file (logrotate).
+// reload is SIGHUP: audit file (logrotate), policy, TLS material. The
+// audit file is reopened first, so that the events of this reload (the
+// policy-reload event is written on every SIGHUP) start the new file with
+// the continued sequence: a new file left empty would make a restart
+// begin the sequence at 1 again.
 func (a *app) reload(ctx context.Context) {
 	a.log.Info("reloading (SIGHUP)")
+	if err := a.sink.Reopen(); err != nil {
+		a.log.Error("audit file reopen failed", zap.Error(err))
+	}
 	if err := a.engine.Reload(ctx); err != nil {
 		a.log.Error("policy reload refused; the previous policy keeps running", zap.Error(err))
 	}
@@ -202,9 +209,6 @@ func (a *app) reload(ctx context.Context) {
 		if err := ct.Reload(); err != nil {
 			a.log.Error("upstream TLS reload refused", zap.Error(err))
 		}
-	}
-	if err := a.sink.Reopen(); err != nil {
-		a.log.Error("audit file reopen failed", zap.Error(err))
 	}
 }
 

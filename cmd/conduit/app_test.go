@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	mb "github.com/simonvetter/modbus"
 
+	"github.com/conduit-ot/conduit/audit/audittest"
 	"github.com/conduit-ot/conduit/config"
 	"github.com/conduit-ot/conduit/policy"
 	"github.com/conduit-ot/conduit/rules"
@@ -76,5 +78,61 @@ metrics:
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// logrotate renames the audit file and sends SIGHUP; if Conduit then stops
+// without a clean shutdown (power loss, kill -9) before the next request,
+// the restart must continue the sequence (audit/FIELDS.md: continued
+// across restarts and log rotation). The SIGHUP's own events go to the new
+// file, so it is never left empty.
+func TestSequenceContinuesAfterRotationAndCrash(t *testing.T) {
+	dir := t.TempDir()
+	auditFile := filepath.Join(dir, "audit.jsonl")
+	y := fmt.Sprintf(`listeners:
+  - name: plc-line1
+    protocol: modbus
+    listen: 127.0.0.1:0
+    upstream: 127.0.0.1:1
+policy:
+  path: embedded
+  watch: false
+audit:
+  file: %s
+`, auditFile)
+	cfg, err := config.Parse(filepath.Join(dir, "conduit.yaml"), []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() *app {
+		a, err := startApp(context.Background(), cfg, appOptions{Policy: &policy.Source{Path: "rules", FS: rules.FS}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a := start()
+	if err := os.Rename(auditFile, auditFile+".1"); err != nil {
+		t.Fatal(err)
+	}
+	a.reload(context.Background())
+	a.close() // no stop event: as if the process died here
+	rotated, err := audittest.ReadFile(auditFile + ".1")
+	if err != nil || len(rotated) == 0 {
+		t.Fatalf("rotated file: %d events, %v", len(rotated), err)
+	}
+	last := rotated[len(rotated)-1].Seq()
+
+	b := start()
+	b.close()
+	cur, err := audittest.ReadFile(auditFile)
+	if err != nil || len(cur) == 0 {
+		t.Fatalf("new file: %d events, %v", len(cur), err)
+	}
+	if first := cur[0].Seq(); first != last+1 {
+		t.Errorf("the new file starts at sequence %d; the rotated one ended at %d", first, last)
+	}
+	if err := audittest.CheckSequence(append(rotated, cur...)); err != nil {
+		t.Error(err)
 	}
 }

@@ -343,6 +343,67 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	}
 }
 
+// SIGTERM during a SIGHUP reload whose Rego tests take long (each runs
+// until the 5 s test timeout): the reload used to run under
+// context.Background(), so the main loop, busy with it, ignored SIGTERM
+// until every test had timed out (here 20 × 5 s). Now SIGTERM cancels the
+// reload, which is refused and audited, and the process stops at once.
+func TestBinarySIGTERMCancelsASlowReload(t *testing.T) {
+	plc, err := sim.StartPLC(sim.PLCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plc.Close()
+	dir := t.TempDir()
+	pol := copyReferencePolicy(t)
+	listen := freeAddr(t)
+	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), pol, "")
+	os.WriteFile(cfgPath, bytes.Replace(mustRead(t, cfgPath), []byte("  decision_timeout: 5s\n"), []byte("  decision_timeout: 5s\n  watch: false\n"), 1), 0o644)
+	p := startConduit(t, cfgPath, listen)
+
+	// Tests that iterate without end (and without allocating) until the
+	// per-test timeout.
+	var slow strings.Builder
+	slow.WriteString("package conduit_slow_test\n\nr := numbers.range(1, 1000)\n\nnever if {\n\tsome a in r\n\tsome b in r\n\tsome c in r\n\tsome d in r\n\ta + b + c + d < 0\n}\n")
+	for i := range 20 {
+		fmt.Fprintf(&slow, "\ntest_slow_%d if not never\n", i)
+	}
+	if err := os.WriteFile(filepath.Join(pol, "slow_test.rego"), []byte(slow.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.stderr.String(), "reloading (SIGHUP)") {
+		if time.Now().After(deadline) {
+			t.Fatal("the reload did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("conduit did not stop within 15 s of SIGTERM during a reload")
+	}
+	recs, err := audittest.ReadFile(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := false
+	for _, r := range recs {
+		if r.Action() == "policy-reload" && r.String("event.outcome") == "failure" && strings.HasPrefix(r.String("event.reason"), "reload:") {
+			refused = true
+		}
+	}
+	if !refused || recs[len(recs)-1].Action() != "stop" {
+		t.Errorf("audit trail: reload refusal %v, last event %q", refused, recs[len(recs)-1].Action())
+	}
+}
+
 // The invariant, under concurrency: the set of writes the device received
 // equals the set of allowed write events in the audit file.
 func TestBinaryDeviceWritesEqualAllowedWriteEvents(t *testing.T) {

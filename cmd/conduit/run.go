@@ -66,7 +66,12 @@ requests it has in flight (at most --drain), then exit.`,
 			for {
 				select {
 				case <-hup:
-					a.reload(context.Background())
+					// Under ctx: SIGTERM cancels a reload in progress
+					// (a policy's Rego tests can take minutes) instead
+					// of waiting for it; bounded like a watch reload.
+					rctx, cancel := context.WithTimeout(ctx, reloadTimeout)
+					a.reload(rctx)
+					cancel()
 				case serveErr = <-a.serveErr:
 					log.Error("listener failed; stopping", zap.Error(serveErr))
 					break loop
@@ -91,3 +96,6 @@ requests it has in flight (at most --drain), then exit.`,
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve the Go profiler (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (benchmarks; unauthenticated: loopback only)")
 	return cmd
 }
+
+// reloadTimeout bounds one SIGHUP reload (policy compile and Rego tests).
+const reloadTimeout = 2 * time.Minute
