@@ -92,7 +92,6 @@ func TestNondeterministicWithValueDisablesCache(t *testing.T) {
 	for name, c := range map[string]struct{ helper, call string }{
 		"rand.intn":    {`g(a, b) := 0`, `x := g("x", 100) with g as rand.intn`},
 		"uuid.rfc4122": {`g(a) := ""`, `x := g("x") with g as uuid.rfc4122`},
-		"http.send":    {`g(a) := {}`, `x := g({"method": "GET", "url": "http://127.0.0.1:1/"}) with g as http.send`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var evs events
@@ -118,8 +117,6 @@ func TestNondeterministicDisablesCache(t *testing.T) {
 		"rand.intn":            `rand.intn("x", 10) >= 0`,
 		"uuid.rfc4122":         `uuid.rfc4122("x") != ""`,
 		"opa.runtime":          `opa.runtime() != {}`,
-		"net.lookup_ip_addr":   `count(net.lookup_ip_addr("localhost")) >= 0`,
-		"http.send":            `http.send({"method": "GET", "url": "http://127.0.0.1:1/"}).status_code == 200`,
 		"io.jwt.decode_verify": `io.jwt.decode_verify("x", {"secret": "s"})[0]`,
 	} {
 		t.Run(name, func(t *testing.T) {

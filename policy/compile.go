@@ -61,7 +61,7 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 	if len(mods) == 0 {
 		return nil, fmt.Errorf("%w: no policy modules (only tests or data) in the source", ErrCompile)
 	}
-	c := ast.NewCompiler().WithEnablePrintStatements(false)
+	c := ast.NewCompiler().WithEnablePrintStatements(false).WithCapabilities(capabilities())
 	if c.Compile(mods); c.Failed() {
 		return nil, fmt.Errorf("%w: %v", ErrCompile, c.Errors)
 	}
@@ -104,6 +104,29 @@ func compile(ctx context.Context, snap *snapshot, cacheSize int) (v *version, er
 		v.cache = newDecisionCache(cacheSize)
 	}
 	return v, nil
+}
+
+// networkBuiltins reach other hosts: an enforcement decision on the OT
+// boundary must not depend on another server, wait for it, or let a policy
+// send data out of the appliance. A policy that calls one does not compile
+// (an undefined function), so it is refused and the last good version
+// keeps running.
+var networkBuiltins = map[string]bool{
+	"http.send":          true,
+	"net.lookup_ip_addr": true,
+}
+
+// capabilities are OPA's built-ins without networkBuiltins.
+func capabilities() *ast.Capabilities {
+	caps := ast.CapabilitiesForThisVersion()
+	kept := caps.Builtins[:0]
+	for _, b := range caps.Builtins {
+		if !networkBuiltins[b.Name] {
+			kept = append(kept, b)
+		}
+	}
+	caps.Builtins = kept
+	return caps
 }
 
 // nondeterministicBuiltins returns the built-ins the compiled policy calls

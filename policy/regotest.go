@@ -133,7 +133,7 @@ func runTests(ctx context.Context, snap *snapshot, opts TestOptions) (*TestRepor
 	defer store.Abort(ctx, txn)
 
 	runner := tester.NewRunner().
-		SetCompiler(ast.NewCompiler().WithEnablePrintStatements(true)).
+		SetCompiler(ast.NewCompiler().WithEnablePrintStatements(true).WithCapabilities(capabilities())).
 		SetStore(store).
 		SetModules(snap.modules).
 		SetTimeout(timeout).
