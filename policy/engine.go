@@ -236,7 +236,7 @@ func (e *Engine) warm(ctx context.Context, old, v *version) int {
 	return n
 }
 
-func (e *Engine) reload(ctx context.Context, trigger string) error {
+func (e *Engine) reload(ctx context.Context, trigger string) (err error) {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	start := time.Now()
@@ -254,6 +254,14 @@ func (e *Engine) reload(ctx context.Context, trigger string) error {
 		}
 		return err
 	}
+	defer func() {
+		// A panic in OPA while the new version is loaded, compiled,
+		// tested or warmed refuses that version: the running one keeps
+		// deciding, and the process goes on.
+		if r := recover(); r != nil {
+			err = report(fmt.Errorf("%w: reload: %v", ErrPanic, r))
+		}
+	}()
 
 	snap, err := e.opts.Source.load()
 	if err != nil {
