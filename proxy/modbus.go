@@ -359,7 +359,8 @@ func (m *mbConn) admit(r *mbRequest) string {
 		}
 	}
 	m.mu.Lock()
-	if p := m.findLocked(tid); p != nil && p.stale {
+	p := m.findLocked(tid)
+	if p != nil && p.stale {
 		// The id timed out but the device may still answer it: that
 		// answer must not be paired with this request. Drop the device
 		// connection it was sent on, so it can never arrive.
@@ -367,6 +368,7 @@ func (m *mbConn) admit(r *mbRequest) string {
 		m.mu.Unlock()
 		m.retireStale(up)
 		m.mu.Lock()
+		p = m.findLocked(tid)
 	}
 	if m.inflight+queued+m.stale >= limit && m.stale > 0 {
 		// Stale slots count: a device that never answers must not make
@@ -374,12 +376,13 @@ func (m *mbConn) admit(r *mbRequest) string {
 		m.mu.Unlock()
 		m.retireStale(nil)
 		m.mu.Lock()
+		p = m.findLocked(tid)
 	}
 	defer m.mu.Unlock()
 	if m.inflight+queued+m.stale >= limit {
 		return fmt.Sprintf("outstanding request limit (%d) reached", limit)
 	}
-	if m.findLocked(tid) != nil {
+	if p != nil {
 		return fmt.Sprintf("transaction id %d is already in flight", tid)
 	}
 	return ""

@@ -113,22 +113,8 @@ func (s *rawUAServer) serve(c *rawUAConn) {
 			// Asymmetric header of a None OPN: channel id, policy,
 			// certificate, thumbprint; then the sequence header.
 			reqID := binary.LittleEndian.Uint32(b[16+int(binary.LittleEndian.Uint32(b[12:]))+8+4:])
-			body := typed(s.t, id.OpenSecureChannelResponse_Encoding_DefaultBinary, &ua.OpenSecureChannelResponse{
-				ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), ServiceDiagnostics: &ua.DiagnosticInfo{},
-					AdditionalHeader: ua.NewExtensionObject(nil)},
-				SecurityToken: &ua.ChannelSecurityToken{ChannelID: rawUAChannel, TokenID: rawUAToken, CreatedAt: time.Now(), RevisedLifetime: 600000},
-				ServerNonce:   []byte{},
-			})
-			var h []byte
-			h = le32(h, rawUAChannel)
-			h = uaString(h, policyNone)
-			h = le32(h, 0xFFFFFFFF)
-			h = le32(h, 0xFFFFFFFF)
 			c.mu.Lock()
-			c.seq++
-			h = le32(h, c.seq)
-			h = le32(h, reqID)
-			c.conn.Write(header("OPN", 'F', append(h, body...)))
+			c.writeOpenResponseLocked(s.t, reqID, rawUAToken)
 			c.mu.Unlock()
 		case "MSG":
 			reqID := binary.LittleEndian.Uint32(b[20:])
@@ -157,6 +143,27 @@ func (s *rawUAServer) serve(c *rawUAConn) {
 			return
 		}
 	}
+}
+
+// writeOpenResponseLocked sends an OpenSecureChannelResponse under
+// SecurityPolicy None for reqID, issuing token tok, numbered at once.
+// c.mu must be held.
+func (c *rawUAConn) writeOpenResponseLocked(t testing.TB, reqID, tok uint32) {
+	body := typed(t, id.OpenSecureChannelResponse_Encoding_DefaultBinary, &ua.OpenSecureChannelResponse{
+		ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), ServiceDiagnostics: &ua.DiagnosticInfo{},
+			AdditionalHeader: ua.NewExtensionObject(nil)},
+		SecurityToken: &ua.ChannelSecurityToken{ChannelID: rawUAChannel, TokenID: tok, CreatedAt: time.Now(), RevisedLifetime: 600000},
+		ServerNonce:   []byte{},
+	})
+	var h []byte
+	h = le32(h, rawUAChannel)
+	h = uaString(h, policyNone) // asymmetric header: no certificate,
+	h = le32(h, 0xFFFFFFFF)     // no thumbprint
+	h = le32(h, 0xFFFFFFFF)
+	c.seq++
+	h = le32(h, c.seq)
+	h = le32(h, reqID)
+	c.conn.Write(header("OPN", 'F', append(h, body...)))
 }
 
 func (c *rawUAConn) write(b []byte) {
@@ -491,22 +498,8 @@ func TestOPCUAUnsolicitedOpenResponseIsTheServersFault(t *testing.T) {
 		}
 		if rr.RequestHeader.RequestHandle == 1 {
 			for tok := uint32(10); tok <= 11; tok++ {
-				body := typed(t, id.OpenSecureChannelResponse_Encoding_DefaultBinary, &ua.OpenSecureChannelResponse{
-					ResponseHeader: &ua.ResponseHeader{Timestamp: time.Now(), ServiceDiagnostics: &ua.DiagnosticInfo{},
-						AdditionalHeader: ua.NewExtensionObject(nil)},
-					SecurityToken: &ua.ChannelSecurityToken{ChannelID: rawUAChannel, TokenID: tok, CreatedAt: time.Now(), RevisedLifetime: 600000},
-					ServerNonce:   []byte{},
-				})
-				var h []byte
-				h = le32(h, rawUAChannel)
-				h = uaString(h, policyNone)
-				h = le32(h, 0xFFFFFFFF)
-				h = le32(h, 0xFFFFFFFF)
 				c.mu.Lock()
-				c.seq++
-				h = le32(h, c.seq)
-				h = le32(h, 900+tok)
-				c.conn.Write(header("OPN", 'F', append(h, body...)))
+				c.writeOpenResponseLocked(t, 900+tok, tok)
 				c.tok = tok
 				c.mu.Unlock()
 			}

@@ -17,16 +17,11 @@ import (
 	"github.com/conduit-ot/conduit/config"
 	"github.com/conduit-ot/conduit/policy"
 	"github.com/conduit-ot/conduit/rules"
-	"github.com/conduit-ot/conduit/sim"
 )
 
 // The Prometheus endpoint serves the proxy's counters as traffic moves them.
 func TestMetricsEndpoint(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	metricsAddr := freeAddr(t)
 	y := fmt.Sprintf(`listeners:

@@ -173,6 +173,31 @@ log:
 	return path, auditFile
 }
 
+// setPolicyOption adds line (e.g. "watch: false") to the policy section of
+// the configuration writeConfig wrote.
+func setPolicyOption(t *testing.T, cfgPath, line string) {
+	t.Helper()
+	cfg := mustRead(t, cfgPath)
+	if !bytes.Contains(cfg, []byte("\npolicy:\n")) {
+		t.Fatalf("%s has no policy section", cfgPath)
+	}
+	cfg = bytes.Replace(cfg, []byte("\npolicy:\n"), []byte("\npolicy:\n  "+line+"\n"), 1)
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startPLC starts a simulated PLC for the test's lifetime.
+func startPLC(t *testing.T) *sim.PLC {
+	t.Helper()
+	plc, err := sim.StartPLC(sim.PLCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plc.Close() })
+	return plc
+}
+
 func modbusClient(t *testing.T, addr string) *mb.ModbusClient {
 	t.Helper()
 	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + addr, Timeout: 5 * time.Second})
@@ -227,17 +252,13 @@ func exitCode(err error) int {
 // A bad policy is refused on SIGHUP and the last good one keeps deciding;
 // a good one replaces it without dropping the client's connection.
 func TestBinaryReloadKeepsLastGoodPolicy(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	pol := copyReferencePolicy(t)
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), pol, "")
 	// watch: the test drives reloads with SIGHUP only.
-	os.WriteFile(cfgPath, bytes.Replace(mustRead(t, cfgPath), []byte("  decision_timeout: 5s\n"), []byte("  decision_timeout: 5s\n  watch: false\n"), 1), 0o644)
+	setPolicyOption(t, cfgPath, "watch: false")
 	p := startConduit(t, cfgPath, listen)
 	c := modbusClient(t, listen)
 
@@ -349,16 +370,12 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 // until every test had timed out (here 20 × 5 s). Now SIGTERM cancels the
 // reload, which is refused and audited, and the process stops at once.
 func TestBinarySIGTERMCancelsASlowReload(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	pol := copyReferencePolicy(t)
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), pol, "")
-	os.WriteFile(cfgPath, bytes.Replace(mustRead(t, cfgPath), []byte("  decision_timeout: 5s\n"), []byte("  decision_timeout: 5s\n  watch: false\n"), 1), 0o644)
+	setPolicyOption(t, cfgPath, "watch: false")
 	p := startConduit(t, cfgPath, listen)
 
 	// Tests that iterate without end (and without allocating) until the
@@ -407,11 +424,7 @@ func TestBinarySIGTERMCancelsASlowReload(t *testing.T) {
 // The invariant, under concurrency: the set of writes the device received
 // equals the set of allowed write events in the audit file.
 func TestBinaryDeviceWritesEqualAllowedWriteEvents(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
@@ -459,18 +472,11 @@ func randomWrites(t *testing.T, listen string) {
 // Monitor mode (policy.dry_run) forwards the reads the policy denies, never
 // a write: the device still receives exactly the allowed writes.
 func TestBinaryDryRunNeverForwardsDeniedWrites(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
-	cfg := mustRead(t, cfgPath)
-	if err := os.WriteFile(cfgPath, bytes.Replace(cfg, []byte("policy:\n"), []byte("policy:\n  dry_run: true\n"), 1), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setPolicyOption(t, cfgPath, "dry_run: true")
 	p := startConduit(t, cfgPath, listen)
 
 	// Holding registers 200-201 are outside the grant: a deny the monitor
@@ -608,11 +614,7 @@ func slowDevice(t *testing.T, release chan struct{}) string {
 // With the reference policy, the attack frames get a refusal and nothing
 // reaches the device; the connection lives on.
 func TestBinaryReferencePolicyRefusesAttacks(t *testing.T) {
-	plc, err := sim.StartPLC(sim.PLCOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plc.Close()
+	plc := startPLC(t)
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
