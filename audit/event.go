@@ -111,6 +111,25 @@ type BatchRecorder interface {
 	RecordBatch(evs []*Event, errs []error)
 }
 
+// Enqueuer is a Recorder that can queue events without waiting for their
+// write (Sink.Enqueue).
+type Enqueuer interface {
+	Recorder
+	// Enqueue queues evs in order, or nothing and returns false; errs[i]
+	// is set when evs[i] could not be encoded (it is not in the trail).
+	Enqueue(evs []*Event, errs []error) bool
+}
+
+// Enqueue queues evs with r when r is an Enqueuer that accepts them, and
+// reports whether it did. When it did not, the caller records them with
+// RecordBatch.
+func Enqueue(r Recorder, evs []*Event, errs []error) bool {
+	if q, ok := r.(Enqueuer); ok {
+		return q.Enqueue(evs, errs)
+	}
+	return false
+}
+
 // RecordBatch records evs with r: in one call when r is a BatchRecorder,
 // with one Record per event otherwise. errs[i] is the outcome of evs[i].
 func RecordBatch(r Recorder, evs []*Event, errs []error) {

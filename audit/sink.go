@@ -39,6 +39,11 @@ type Options struct {
 	MaxBatchEvents int
 	// Now is the clock for events without a Time; time.Now when nil.
 	Now func() time.Time
+	// MaxDelay enables Enqueue: events queued with it are written with
+	// the next batch that a Record waits for, or at the latest MaxDelay
+	// after they were queued. Zero: Enqueue queues nothing, every event
+	// is recorded with a wait.
+	MaxDelay time.Duration
 }
 
 // Stats counts a sink's work since it was built.
@@ -114,6 +119,17 @@ type Sink struct {
 	torn   bool // the target ends in a partial line: start the next write with '\n'
 	reopen func() (target, error)
 
+	// Deferred events (Enqueue): maxDelay bounds their wait in s.cur;
+	// the timer is armed while s.cur holds deferred events that no
+	// writer will take, due is set when it fired during a write (the
+	// writer then writes s.cur at once), failing while the last write
+	// failed (Enqueue refuses until one succeeds).
+	maxDelay time.Duration
+	timer    *time.Timer
+	armed    bool
+	due      bool
+	failing  bool
+
 	closeOnce sync.Once
 	closeErr  error
 
@@ -166,8 +182,13 @@ func newSink(t target, name string, opts Options) *Sink {
 		fsync:     opts.Fsync,
 		maxBytes:  opts.MaxBatchBytes,
 		maxEvents: opts.MaxBatchEvents,
+		maxDelay:  opts.MaxDelay,
 		name:      name,
 		t:         t,
+	}
+	if s.maxDelay > 0 {
+		s.timer = time.AfterFunc(time.Hour, s.flushDeferred)
+		s.timer.Stop()
 	}
 	s.idle.L = &s.mu
 	if s.now == nil {
@@ -268,6 +289,7 @@ func (s *Sink) record(ctx context.Context, evs []*Event, errs []error) {
 	if lead {
 		s.writing = true
 		s.cur = s.newBatchLocked()
+		s.due = false
 	} else if queued > 0 && b.done == nil {
 		b.done, b.lead = make(chan struct{}), make(chan struct{}, 1)
 	}
@@ -290,6 +312,66 @@ func (s *Sink) record(ctx context.Context, evs []*Event, errs []error) {
 			errs[i] = b.err
 		}
 	}
+}
+
+// Enqueue queues evs, in this order, without waiting for their write: they
+// get their sequence numbers now, and are written with the next batch that
+// a Record waits for, or at the latest Options.MaxDelay later. errs[i]
+// (len(errs) == len(evs)) is set when evs[i] could not be encoded: it is
+// not in the trail. It returns false, having queued nothing, when it
+// cannot promise that: MaxDelay is zero, the sink is closed, its last
+// write failed, or the queue is full; the caller then records the events
+// with RecordBatch and waits.
+//
+// A queued event whose write fails later is reported like any failed
+// event, by the ActionAuditFailure event of the next batch that succeeds;
+// what the caller did meanwhile cannot be undone. The proxy queues events
+// only for operations it may carry out before their record is written
+// (allowed reads): an allowed write always waits.
+func (s *Sink) Enqueue(evs []*Event, errs []error) bool {
+	if s.maxDelay <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.failing || s.lost != nil || s.full(s.cur) {
+		return false
+	}
+	b := s.cur
+	for i, ev := range evs {
+		errs[i] = s.appendLocked(b, ev)
+	}
+	if !s.armed && !s.due && b.total > 0 {
+		s.armed = true
+		s.timer.Reset(s.maxDelay)
+	}
+	return true
+}
+
+// flushDeferred writes the queued events when their time is up: at once if
+// no batch is being written, else by the writer when its write is done.
+func (s *Sink) flushDeferred() {
+	s.mu.Lock()
+	s.armed = false
+	if s.closed || s.cur.total == 0 {
+		s.mu.Unlock()
+		return
+	}
+	if s.writing {
+		s.due = true
+		s.mu.Unlock()
+		return
+	}
+	if s.lost != nil {
+		s.appendNoticeLocked(s.cur)
+	}
+	b := s.cur
+	s.writing = true
+	s.cur = s.newBatchLocked()
+	s.due = false
+	s.mu.Unlock()
+	closeIf(b.taken)
+	s.write(b)
 }
 
 func (s *Sink) full(b *batch) bool {
@@ -366,6 +448,7 @@ func (s *Sink) write(b *batch) {
 		err := s.commit(b)
 
 		s.mu.Lock()
+		s.failing = err != nil
 		if err != nil {
 			l := lostRange{First: b.first, Last: b.last, Count: uint64(b.total), Reason: err.Error()}
 			l.merge(b.notice) // the notice was lost too: its loss is still unreported
@@ -378,12 +461,21 @@ func (s *Sink) write(b *batch) {
 		}
 		b.buf = nil
 		next := s.cur
-		if next.total == 0 {
+		switch {
+		case next.total == 0 || next.events == 0 && next.notice == nil && s.lost == nil && !s.due && !s.full(next):
+			// Nothing queued, or deferred events only, whose timer is
+			// armed: they wait for the next Record or the timer.
 			next = nil
 			s.writing = false
 			s.idle.Broadcast()
-		} else {
+		default:
+			if next.events == 0 && s.lost != nil {
+				// No caller of next will add the notice (record does):
+				// the loss is reported with the deferred events.
+				s.appendNoticeLocked(next)
+			}
 			s.cur = s.newBatchLocked()
+			s.due = false
 		}
 		s.mu.Unlock()
 
@@ -552,6 +644,9 @@ func (s *Sink) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		if s.timer != nil {
+			s.timer.Stop()
+		}
 		// Whatever is queued is written by the writer in progress, which
 		// hands on until nothing is left.
 		for s.writing {
@@ -616,4 +711,7 @@ func (t writerTarget) Rollback(n int) error {
 	return errStream
 }
 
-var _ BatchRecorder = (*Sink)(nil)
+var (
+	_ BatchRecorder = (*Sink)(nil)
+	_ Enqueuer      = (*Sink)(nil)
+)

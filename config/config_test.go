@@ -41,6 +41,16 @@ func TestParseMinimalAppliesDefaults(t *testing.T) {
 	if !cfg.Policy.WatchEnabled() || !cfg.Policy.TestsEnabled() {
 		t.Error("watch and run_tests default to true")
 	}
+	if d := cfg.Audit.ReadDelayOrDefault(); d != DefaultAuditReadDelay {
+		t.Errorf("audit.read_delay defaults to %s", d)
+	}
+	zero, err := Parse("/etc/conduit/conduit.yaml", []byte(strings.Replace(minimal, "file: audit.jsonl", "file: audit.jsonl\n  read_delay: 0s", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := zero.Audit.ReadDelayOrDefault(); d != 0 {
+		t.Errorf("audit.read_delay: 0s reads as %s: every read must wait", d)
+	}
 }
 
 func TestParseErrorsNameFileLineAndField(t *testing.T) {
@@ -84,6 +94,10 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 			[]string{"c.yaml:9: audit.file: /etc/conduit/c.yaml is the configuration file itself"}},
 		{"audit file is a key", minimal[:strings.Index(minimal, "policy:")] + "    tls:\n      cert_file: a.crt\n      key_file: audit.jsonl\n      client_ca_file: ca.crt\n" + minimal[strings.Index(minimal, "policy:"):],
 			[]string{"audit.file: /etc/conduit/audit.jsonl is also listeners[0].tls.key_file"}},
+		{"read delay too long", strings.Replace(minimal, "file: audit.jsonl", "file: audit.jsonl\n  read_delay: 5s", 1),
+			[]string{"c.yaml:10: audit.read_delay: 5s: must be between 0"}},
+		{"read delay negative", strings.Replace(minimal, "file: audit.jsonl", "file: audit.jsonl\n  read_delay: -1ms", 1),
+			[]string{"c.yaml:10: audit.read_delay: negative duration"}},
 		// A second document used to be ignored without a word.
 		{"second document", minimal + "---\nlisteners: []\n",
 			[]string{"c.yaml:10: a second YAML document"}},

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/conduit-ot/conduit/audit"
+	"github.com/conduit-ot/conduit/inspect"
 	"github.com/conduit-ot/conduit/pki"
 )
 
@@ -188,6 +189,25 @@ func (c *Conn) record(ev *audit.Event) error {
 		c.auditFailed(ev, err)
 	}
 	return err
+}
+
+// recordAllowed records the event of an allowed operation that is about to
+// be forwarded. An allowed read may be forwarded before its event is
+// written: when the recorder queues it (audit.read_delay), recordAllowed
+// returns at once and the event follows within the recorder's bound.
+// Anything else, writes above all, waits for its event's write.
+func (c *Conn) recordAllowed(ev *audit.Event) error {
+	if ev.Allowed && ev.Op != nil && ev.Op.Access == inspect.AccessRead {
+		c.stamp(ev)
+		evs, errs := [1]*audit.Event{ev}, [1]error{}
+		if audit.Enqueue(c.l.opts.Recorder, evs[:], errs[:]) {
+			if errs[0] != nil {
+				c.auditFailed(ev, errs[0])
+			}
+			return errs[0]
+		}
+	}
+	return c.record(ev)
 }
 
 // stamp fills the fields every event of this connection shares.

@@ -426,7 +426,9 @@ func (m *mbConn) flush() bool {
 		m.errs = make([]error, len(m.evs), cap(m.evs))
 	}
 	m.errs = m.errs[:len(m.evs)]
-	audit.RecordBatch(l.opts.Recorder, m.evs, m.errs)
+	if !m.readsOnly() || !audit.Enqueue(l.opts.Recorder, m.evs, m.errs) {
+		audit.RecordBatch(l.opts.Recorder, m.evs, m.errs)
+	}
 	forward := 0
 	for i, err := range m.errs {
 		r := &m.burst[i]
@@ -457,6 +459,20 @@ func (m *mbConn) flush() bool {
 	}
 	if len(m.toCli) > 0 {
 		return c.writeClient(m.toCli) == nil
+	}
+	return true
+}
+
+// readsOnly reports whether every request of the burst is an allowed read:
+// such a burst may be forwarded before its events are written (the
+// recorder then writes them within its bound, audit.read_delay). A burst
+// with anything else in it — a write, a denial, a request dropped — waits
+// for its events, as the durability rule requires for writes.
+func (m *mbConn) readsOnly() bool {
+	for i := range m.burst {
+		if r := &m.burst[i]; !r.forward || r.op.Access != inspect.AccessRead {
+			return false
+		}
 	}
 	return true
 }

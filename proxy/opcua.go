@@ -337,8 +337,9 @@ func (u *uaConn) request(msg *opcua.Message) (string, bool) {
 		return u.refuse(msg, info, mode, ev, opcua.StatusBadUserAccessDenied, action)
 	}
 	// The audit event of an allowed operation is written before it is
-	// forwarded; if it cannot be written, the operation is denied.
-	if err := c.record(ev); err != nil {
+	// forwarded (a read's may follow it, audit.read_delay); if it cannot
+	// be written, the operation is denied.
+	if err := c.recordAllowed(ev); err != nil {
 		l.metrics.denied.Inc()
 		ev2 := u.requestEvent(policy.Decision{ID: d.ID, Reason: "audit write failed: " + err.Error(), Rule: "proxy.audit"})
 		return u.refuse(msg, info, mode, ev2, uaBadInternalError, policy.ActionRefuse)
