@@ -417,14 +417,19 @@ func tlsRefused(t *testing.T, addr string, cfg *tls.Config) bool {
 	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", addr, cfg)
 	if err != nil {
+		t.Logf("tlsRefused: dial: %v", err)
 		return true
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := c.Write([]byte{0, 1, 0, 0, 0, 6, 1, 3, 0, 10, 0, 1}); err != nil {
+		t.Logf("tlsRefused: write: %v", err)
 		return true
 	}
 	_, err = io.ReadFull(c, make([]byte, 9))
+	if err != nil {
+		t.Logf("tlsRefused: read: %v", err)
+	}
 	return err != nil
 }
 
@@ -512,6 +517,11 @@ func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 	if !tlsRefused(t, addr, probe) {
 		t.Fatal("the revoked client made a new connection after SIGHUP")
 	}
+	// The client hears the alert before Conduit has logged and audited
+	// the refusal; stopping Conduit in between would cancel the
+	// handshake, and crypto/tls then reports the cancellation instead of
+	// the verification error.
+	proc.waitOutput(`"reason":"revoked: `, 1)
 
 	close(stop)
 	if errs := <-errc; len(errs) > 0 {
