@@ -243,13 +243,52 @@ func makePKI(ctx context.Context, conduit, dir string) (*pkiFiles, error) {
 	return p, nil
 }
 
-// issueServer (re)issues the server certificate: also the certificate
-// reload of scenario 5.
+// issueServer (re)issues the server certificate.
 func (p *pkiFiles) issueServer(ctx context.Context, conduit string) error {
-	if err := runCmd(ctx, conduit, "pki", "issue", "server", "conduit", "--dir", p.dir,
-		"--ip", "127.0.0.1", "--dns", "localhost", "--force"); err != nil {
+	if err := p.issueServerTo(ctx, conduit, ""); err != nil {
 		return err
 	}
+	return p.writeHAProxyPEM()
+}
+
+// issueServerTo issues a server certificate into out (DIR/certs if
+// empty), with the files named as Conduit's configuration names them.
+func (p *pkiFiles) issueServerTo(ctx context.Context, conduit, out string) error {
+	argv := []string{conduit, "pki", "issue", "server", "conduit", "--dir", p.dir,
+		"--ip", "127.0.0.1", "--dns", "localhost", "--force"}
+	if out != "" {
+		argv = append(argv, "--out", out)
+	}
+	return runCmd(ctx, argv...)
+}
+
+// stageServer issues the server certificate of the i-th certificate
+// reload of the reload scenario into a side directory, before the
+// measured run: issuing (a process that generates a key) is not what the
+// scenario measures.
+func (p *pkiFiles) stageServer(ctx context.Context, conduit string, i int) (string, error) {
+	out := filepath.Join(p.dir, fmt.Sprintf("next-%d", i))
+	if err := os.RemoveAll(out); err != nil {
+		return "", err
+	}
+	return out, p.issueServerTo(ctx, conduit, out)
+}
+
+// installServer moves a staged server certificate and key into place, on
+// the same file system (rename): all that happens in the measured run
+// before the SIGHUP.
+func (p *pkiFiles) installServer(staged string) error {
+	for _, f := range []string{p.serverChain, p.srvKey} {
+		if err := os.Rename(filepath.Join(staged, filepath.Base(f)), f); err != nil {
+			return err
+		}
+	}
+	return p.writeHAProxyPEM()
+}
+
+// writeHAProxyPEM writes the server chain and key as HAProxy's crt wants
+// them.
+func (p *pkiFiles) writeHAProxyPEM() error {
 	chain, err := os.ReadFile(p.serverChain)
 	if err != nil {
 		return err
