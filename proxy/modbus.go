@@ -644,6 +644,16 @@ func (m *mbConn) readResponses(up net.Conn) {
 			adu, _ = rr.framer.Next()
 			trusted = rr.take(adu)
 		}
+		if !trusted {
+			// Retire the connection before the client hears the
+			// answers: a request it sends next must go out on a new
+			// connection, not on this one.
+			m.mu.Lock()
+			if m.up == up {
+				m.up = nil
+			}
+			m.mu.Unlock()
+		}
 		if len(rr.out) > 0 {
 			if err := c.writeClient(rr.out); err != nil {
 				c.close("client write failed: " + err.Error())
