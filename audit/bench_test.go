@@ -85,9 +85,24 @@ func BenchmarkRecordFile(b *testing.B) {
 	}
 }
 
+// BenchmarkEnqueueFile: events queued without a wait (allowed reads with
+// audit.read_delay), every fifth one recorded with a wait (a write), as in
+// the harness's 20 % write mix.
+func BenchmarkEnqueueFile(b *testing.B) {
+	for _, goroutines := range []int{1, 8} {
+		b.Run(fmt.Sprintf("goroutines=%d", goroutines), func(b *testing.B) {
+			benchmarkEvents(b, false, goroutines, time.Millisecond)
+		})
+	}
+}
+
 func benchmarkRecord(b *testing.B, fsync bool, goroutines int) {
+	benchmarkEvents(b, fsync, goroutines, 0)
+}
+
+func benchmarkEvents(b *testing.B, fsync bool, goroutines int, maxDelay time.Duration) {
 	path := filepath.Join(b.TempDir(), "audit.jsonl")
-	s, err := audit.OpenFile(path, audit.Options{Observer: testObserver, Fsync: fsync})
+	s, err := audit.OpenFile(path, audit.Options{Observer: testObserver, Fsync: fsync, MaxDelay: maxDelay})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -103,8 +118,16 @@ func benchmarkRecord(b *testing.B, fsync bool, goroutines int) {
 			defer wg.Done()
 			ev := modbusWrite()
 			ev.ConnID = uint64(g)
-			for next.Add(1) <= int64(b.N) {
+			evs, errs := []*audit.Event{ev}, make([]error, 1)
+			for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
 				ev.Time = time.Time{} // the sink's clock, as in the proxy
+				if maxDelay > 0 && n%5 != 0 && s.Enqueue(evs, errs) {
+					if errs[0] != nil {
+						b.Error(errs[0])
+						return
+					}
+					continue
+				}
 				if err := s.Record(ev); err != nil {
 					b.Error(err)
 					return
