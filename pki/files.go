@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -188,7 +189,7 @@ func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 // ReadCerts reads a PEM certificate file (a single certificate, a chain or a
 // bundle).
 func ReadCerts(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadMaterial(path)
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
@@ -202,7 +203,7 @@ func ReadCerts(path string) ([]*x509.Certificate, error) {
 // ReadKey reads a PEM private key file, decrypting it with password if it is
 // encrypted.
 func ReadKey(path string, password []byte) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadMaterial(path)
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
@@ -216,11 +217,11 @@ func ReadKey(path string, password []byte) (crypto.Signer, error) {
 // LoadKeyPair reads a certificate (chain) and its unencrypted key, checks
 // that they match, and fills Leaf.
 func LoadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certPEM, err := ReadMaterial(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := ReadMaterial(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
@@ -292,7 +293,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 // line ending. An empty passphrase is an error: it would silently mean "no
 // encryption".
 func ReadPasswordFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadMaterial(path)
 	if err != nil {
 		return nil, fmt.Errorf("pki: password file: %w", err)
 	}
@@ -304,6 +305,47 @@ func ReadPasswordFile(path string) ([]byte, error) {
 	}
 	if len(b) == 0 {
 		return nil, fmt.Errorf("pki: password file %s is empty", path)
+	}
+	return b, nil
+}
+
+// MaxMaterialSize bounds a TLS material file (certificate, key, CA bundle,
+// CRL, passphrase, token). A large CA's CRL is a few megabytes; anything
+// beyond this is not TLS material.
+const MaxMaterialSize = 64 << 20
+
+// ReadMaterial reads a TLS material file: a regular file (or a symlink to
+// one) of at most MaxMaterialSize bytes. A FIFO, a device such as
+// /dev/zero or a runaway file is refused instead of blocking a reload or
+// exhausting memory.
+func ReadMaterial(path string) ([]byte, error) {
+	// Stat before opening: opening a FIFO blocks until it has a writer.
+	if fi, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if fi.Size() > MaxMaterialSize {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d a TLS material file may have", path, fi.Size(), MaxMaterialSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxMaterialSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxMaterialSize {
+		return nil, fmt.Errorf("%s: grew past the %d bytes a TLS material file may have", path, MaxMaterialSize)
 	}
 	return b, nil
 }

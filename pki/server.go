@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -253,8 +252,8 @@ func (s *ServerTLS) load(old *serverState) (*serverState, []string, error) {
 	}
 
 	if s.source == nil {
-		certPEM, err1 := os.ReadFile(s.cfg.CertFile)
-		keyPEM, err2 := os.ReadFile(s.cfg.KeyFile)
+		certPEM, err1 := ReadMaterial(s.cfg.CertFile)
+		keyPEM, err2 := ReadMaterial(s.cfg.KeyFile)
 		switch {
 		case err1 != nil || err2 != nil:
 			keep(MaterialCertificate, errors.Join(err1, err2))
@@ -277,7 +276,7 @@ func (s *ServerTLS) load(old *serverState) (*serverState, []string, error) {
 	}
 
 	caChanged := false
-	if caPEM, err := os.ReadFile(s.cfg.ClientCAFile); err != nil {
+	if caPEM, err := ReadMaterial(s.cfg.ClientCAFile); err != nil {
 		keep(MaterialClientCA, err)
 	} else if old == nil || !bytes.Equal(caPEM, old.caPEM) {
 		cas, err := ParseCerts(caPEM)
@@ -295,7 +294,7 @@ func (s *ServerTLS) load(old *serverState) (*serverState, []string, error) {
 
 	crlChanged := false
 	if s.cfg.CRLFile != "" {
-		if crlPEM, err := os.ReadFile(s.cfg.CRLFile); err != nil {
+		if crlPEM, err := ReadMaterial(s.cfg.CRLFile); err != nil {
 			keep(MaterialCRL, err)
 		} else if old == nil || !bytes.Equal(crlPEM, old.crlPEM) {
 			crls, err := ParseCRLs(crlPEM)

@@ -255,7 +255,7 @@ func (s *StepCASource) obtain(ctx context.Context) error {
 	if s.cfg.TokenFile == "" {
 		return errors.New("pki: step-ca: no valid certificate in step_ca.dir and no step_ca.token_file to obtain one")
 	}
-	b, err := os.ReadFile(s.cfg.TokenFile)
+	b, err := ReadMaterial(s.cfg.TokenFile)
 	if err != nil {
 		return fmt.Errorf("pki: step-ca token: %w", err)
 	}
