@@ -279,7 +279,10 @@ func (e *Engine) reload(ctx context.Context, trigger string) (err error) {
 	}
 	ev.CacheEnabled, ev.Nondeterministic = v.cache != nil, v.nondeterministic
 	if e.opts.RunTests {
-		rep, err := runTests(ctx, snap, TestOptions{Timeout: e.opts.TestTimeout})
+		// One test at a time: OPA would run one per CPU, and on a
+		// saturated appliance that takes every CPU from the data path
+		// for the length of the tests.
+		rep, err := runTests(ctx, snap, TestOptions{Timeout: e.opts.TestTimeout, Parallel: 1})
 		if err != nil {
 			return report(err)
 		}

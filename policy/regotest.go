@@ -101,6 +101,10 @@ type TestOptions struct {
 	Coverage bool          // compute coverage per policy file
 	Timeout  time.Duration // per test; 0 means 5s
 	Filter   string        // regular expression on test names; "" runs all
+	// Parallel is how many tests run at once; 0 means one per CPU. A
+	// reload runs them one at a time, so that they take one CPU and leave
+	// the others to the data path.
+	Parallel int
 }
 
 // DefaultTestTimeout bounds one Rego test.
@@ -140,6 +144,9 @@ func runTests(ctx context.Context, snap *snapshot, opts TestOptions) (*TestRepor
 		CapturePrintOutput(true).
 		RaiseBuiltinErrors(false).
 		Filter(opts.Filter)
+	if opts.Parallel > 0 {
+		runner.SetParallel(opts.Parallel)
+	}
 	var cov *cover.Cover
 	if opts.Coverage {
 		cov = cover.New()
