@@ -171,16 +171,7 @@ func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	st := e.states.Get().(*encState)
 	st.ev = ev
-	k := keyOf(ev)
-	// Pooled states stay with a P, and a P tends to serve the same
-	// connection again: remembering the last base skips hashing the key.
-	// A remembered base is right even after the cache dropped it, since
-	// the key determines its content.
-	base := st.lastBase
-	if base == nil || k != st.lastKey {
-		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
-		st.lastKey, st.lastBase = k, base
-	}
+	base := e.baseOf(st, ev)
 	ent := zapcore.Entry{}
 	if !ev.Time.IsZero() {
 		ent.Time = ev.Time.UTC()
@@ -189,9 +180,7 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	st.ev = nil
 	e.states.Put(st)
 	if ev.Action == ActionConnectionClose {
-		if _, ok := e.bases.LoadAndDelete(k); ok {
-			e.nbases.Add(-1)
-		}
+		e.forget(ev)
 	}
 	if err != nil {
 		if buf != nil {
@@ -202,6 +191,37 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	dst = append(dst, buf.Bytes()...)
 	buf.Free()
 	return dst, nil
+}
+
+// baseOf returns the base encoder of ev's static fields.
+//
+// It and forget are not inlined into AppendEvent: their keys (over 100
+// bytes each) would take room in AppendEvent's stack frame, and the proxy
+// encodes events on the goroutine reading a connection, whose stack stays
+// as large as the deepest call it ever made.
+//
+//go:noinline
+func (e *Encoder) baseOf(st *encState, ev *Event) zapcore.Encoder {
+	k := keyOf(ev)
+	// Pooled states stay with a P, and a P tends to serve the same
+	// connection again: remembering the last base skips hashing the key.
+	// A remembered base is right even after the cache dropped it, since
+	// the key determines its content.
+	base := st.lastBase
+	if base == nil || k != st.lastKey {
+		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
+		st.lastKey, st.lastBase = k, base
+	}
+	return base
+}
+
+// forget drops the base encoder of a closed connection's static fields.
+//
+//go:noinline
+func (e *Encoder) forget(ev *Event) {
+	if _, ok := e.bases.LoadAndDelete(keyOf(ev)); ok {
+		e.nbases.Add(-1)
+	}
 }
 
 // encState is the per-call state of one encoding, pooled. The marshaler
