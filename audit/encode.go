@@ -126,10 +126,55 @@ func keyOf(ev *Event) baseKey {
 // the events of a live connection (its opening and its requests) add to the
 // cache: a flood of refused handshakes or stray events, each with a new
 // source port, must not push the live connections out.
-func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
-	if b, ok := e.bases.Load(k); ok {
+func (e *Encoder) base(k *baseKey, store bool) zapcore.Encoder {
+	if b, ok := e.bases.Load(*k); ok {
 		return b.(zapcore.Encoder)
 	}
+	b := e.newBaseAside(k)
+	if !store {
+		return b
+	}
+	if e.nbases.Load() >= maxBases {
+		e.bases.Clear()
+		e.nbases.Store(0)
+	}
+	if prev, loaded := e.bases.LoadOrStore(*k, b); loaded {
+		return prev.(zapcore.Encoder)
+	}
+	e.nbases.Add(1)
+	return b
+}
+
+// newBaseAside runs newBase on a goroutine of its own. The static fields
+// nest objects five deep (tls.client.x509.subject...), and the proxy
+// records events on the goroutine reading a connection, whose stack would
+// keep the size that nesting needs, 8 KiB, for the life of the connection
+// (a cache miss happens on every connection's first request once the
+// cache was emptied, past maxBases). A goroutine costs about a microsecond
+// on a path that encodes a certificate. A panic is passed back.
+func (e *Encoder) newBaseAside(k *baseKey) zapcore.Encoder {
+	type result struct {
+		b zapcore.Encoder
+		p any
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			r.p = recover()
+			ch <- r
+		}()
+		r.b = e.newBase(k)
+	}()
+	r := <-ch
+	if r.p != nil {
+		panic(r.p)
+	}
+	return r.b
+}
+
+// newBase encodes the static fields of k.
+func (e *Encoder) newBase(k *baseKey) zapcore.Encoder {
 	b := zapcore.NewJSONEncoder(e.cfg)
 	st := &encState{obs: &e.obs, ev: &Event{
 		Listener: k.listener, Protocol: k.protocol, TLSVersion: k.tls,
@@ -149,17 +194,6 @@ func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 	if k.tls != "" || k.id != nil {
 		_ = b.AddObject("tls", (*tlsObject)(st))
 	}
-	if !store {
-		return b
-	}
-	if e.nbases.Load() >= maxBases {
-		e.bases.Clear()
-		e.nbases.Store(0)
-	}
-	if prev, loaded := e.bases.LoadOrStore(k, b); loaded {
-		return prev.(zapcore.Encoder)
-	}
-	e.nbases.Add(1)
 	return b
 }
 
@@ -209,7 +243,7 @@ func (e *Encoder) baseOf(st *encState, ev *Event) zapcore.Encoder {
 	// the key determines its content.
 	base := st.lastBase
 	if base == nil || k != st.lastKey {
-		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
+		base = e.base(&k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
 		st.lastKey, st.lastBase = k, base
 	}
 	return base
