@@ -126,10 +126,55 @@ func keyOf(ev *Event) baseKey {
 // the events of a live connection (its opening and its requests) add to the
 // cache: a flood of refused handshakes or stray events, each with a new
 // source port, must not push the live connections out.
-func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
-	if b, ok := e.bases.Load(k); ok {
+func (e *Encoder) base(k *baseKey, store bool) zapcore.Encoder {
+	if b, ok := e.bases.Load(*k); ok {
 		return b.(zapcore.Encoder)
 	}
+	b := e.newBaseAside(k)
+	if !store {
+		return b
+	}
+	if e.nbases.Load() >= maxBases {
+		e.bases.Clear()
+		e.nbases.Store(0)
+	}
+	if prev, loaded := e.bases.LoadOrStore(*k, b); loaded {
+		return prev.(zapcore.Encoder)
+	}
+	e.nbases.Add(1)
+	return b
+}
+
+// newBaseAside runs newBase on a goroutine of its own. The static fields
+// nest objects five deep (tls.client.x509.subject...), and the proxy
+// records events on the goroutine reading a connection, whose stack would
+// keep the size that nesting needs, 8 KiB, for the life of the connection
+// (a cache miss happens on every connection's first request once the
+// cache was emptied, past maxBases). A goroutine costs about a microsecond
+// on a path that encodes a certificate. A panic is passed back.
+func (e *Encoder) newBaseAside(k *baseKey) zapcore.Encoder {
+	type result struct {
+		b zapcore.Encoder
+		p any
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			r.p = recover()
+			ch <- r
+		}()
+		r.b = e.newBase(k)
+	}()
+	r := <-ch
+	if r.p != nil {
+		panic(r.p)
+	}
+	return r.b
+}
+
+// newBase encodes the static fields of k.
+func (e *Encoder) newBase(k *baseKey) zapcore.Encoder {
 	b := zapcore.NewJSONEncoder(e.cfg)
 	st := &encState{obs: &e.obs, ev: &Event{
 		Listener: k.listener, Protocol: k.protocol, TLSVersion: k.tls,
@@ -149,17 +194,6 @@ func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 	if k.tls != "" || k.id != nil {
 		_ = b.AddObject("tls", (*tlsObject)(st))
 	}
-	if !store {
-		return b
-	}
-	if e.nbases.Load() >= maxBases {
-		e.bases.Clear()
-		e.nbases.Store(0)
-	}
-	if prev, loaded := e.bases.LoadOrStore(k, b); loaded {
-		return prev.(zapcore.Encoder)
-	}
-	e.nbases.Add(1)
 	return b
 }
 
@@ -171,16 +205,7 @@ func (e *Encoder) base(k baseKey, store bool) zapcore.Encoder {
 func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	st := e.states.Get().(*encState)
 	st.ev = ev
-	k := keyOf(ev)
-	// Pooled states stay with a P, and a P tends to serve the same
-	// connection again: remembering the last base skips hashing the key.
-	// A remembered base is right even after the cache dropped it, since
-	// the key determines its content.
-	base := st.lastBase
-	if base == nil || k != st.lastKey {
-		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
-		st.lastKey, st.lastBase = k, base
-	}
+	base := e.baseOf(st, ev)
 	ent := zapcore.Entry{}
 	if !ev.Time.IsZero() {
 		ent.Time = ev.Time.UTC()
@@ -189,9 +214,7 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	st.ev = nil
 	e.states.Put(st)
 	if ev.Action == ActionConnectionClose {
-		if _, ok := e.bases.LoadAndDelete(k); ok {
-			e.nbases.Add(-1)
-		}
+		e.forget(ev)
 	}
 	if err != nil {
 		if buf != nil {
@@ -202,6 +225,37 @@ func (e *Encoder) AppendEvent(dst []byte, ev *Event) ([]byte, error) {
 	dst = append(dst, buf.Bytes()...)
 	buf.Free()
 	return dst, nil
+}
+
+// baseOf returns the base encoder of ev's static fields.
+//
+// It and forget are not inlined into AppendEvent: their keys (over 100
+// bytes each) would take room in AppendEvent's stack frame, and the proxy
+// encodes events on the goroutine reading a connection, whose stack stays
+// as large as the deepest call it ever made.
+//
+//go:noinline
+func (e *Encoder) baseOf(st *encState, ev *Event) zapcore.Encoder {
+	k := keyOf(ev)
+	// Pooled states stay with a P, and a P tends to serve the same
+	// connection again: remembering the last base skips hashing the key.
+	// A remembered base is right even after the cache dropped it, since
+	// the key determines its content.
+	base := st.lastBase
+	if base == nil || k != st.lastKey {
+		base = e.base(&k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
+		st.lastKey, st.lastBase = k, base
+	}
+	return base
+}
+
+// forget drops the base encoder of a closed connection's static fields.
+//
+//go:noinline
+func (e *Encoder) forget(ev *Event) {
+	if _, ok := e.bases.LoadAndDelete(keyOf(ev)); ok {
+		e.nbases.Add(-1)
+	}
 }
 
 // encState is the per-call state of one encoding, pooled. The marshaler

@@ -245,31 +245,10 @@ func (s *Sink) RecordBatch(evs []*Event, errs []error) {
 
 func (s *Sink) record(ctx context.Context, evs []*Event, errs []error) {
 	s.mu.Lock()
-	for {
-		if s.closed {
-			s.mu.Unlock()
-			for i := range errs {
-				errs[i] = ErrClosed
-			}
+	if s.closed || s.full(s.cur) {
+		if !s.waitRoomLocked(ctx, errs) {
 			return
 		}
-		if !s.full(s.cur) {
-			break
-		}
-		if s.cur.taken == nil {
-			s.cur.taken = make(chan struct{})
-		}
-		taken := s.cur.taken
-		s.mu.Unlock()
-		select {
-		case <-taken:
-		case <-ctx.Done():
-			for i := range errs {
-				errs[i] = fmt.Errorf("audit: %s: queue full: %w", s.name, ctx.Err())
-			}
-			return
-		}
-		s.mu.Lock()
 	}
 	b := s.cur
 	if s.lost != nil {
@@ -372,6 +351,42 @@ func (s *Sink) flushDeferred() {
 	s.mu.Unlock()
 	closeIf(b.taken)
 	s.write(b)
+}
+
+// waitRoomLocked waits, s.mu held, until the batch being filled has room
+// or the sink is closed or ctx ends; false: it filled errs and released
+// s.mu. It is a function of its own, not inlined into record, whose stack
+// frame stays small for the goroutine reading a connection (see
+// commitFailed).
+//
+//go:noinline
+func (s *Sink) waitRoomLocked(ctx context.Context, errs []error) bool {
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			for i := range errs {
+				errs[i] = ErrClosed
+			}
+			return false
+		}
+		if !s.full(s.cur) {
+			return true
+		}
+		if s.cur.taken == nil {
+			s.cur.taken = make(chan struct{})
+		}
+		taken := s.cur.taken
+		s.mu.Unlock()
+		select {
+		case <-taken:
+		case <-ctx.Done():
+			for i := range errs {
+				errs[i] = fmt.Errorf("audit: %s: queue full: %w", s.name, ctx.Err())
+			}
+			return false
+		}
+		s.mu.Lock()
+	}
 }
 
 func (s *Sink) full(b *batch) bool {
@@ -517,8 +532,7 @@ func (s *Sink) commit(b *batch) error {
 		return ErrClosed
 	}
 	if err := s.replaceUnlinkedLocked(); err != nil {
-		s.fail(b)
-		return fmt.Errorf("audit: write %s (sequence %d..%d): %w", s.name, b.first, b.last, err)
+		return s.recreateFailed(b, err)
 	}
 	data := b.buf[1:]
 	if s.torn {
@@ -541,13 +555,33 @@ func (s *Sink) commit(b *batch) error {
 		s.stats.bytes.Add(uint64(len(data)))
 		return nil
 	}
+	return s.commitFailed(b, op, n, len(data), err)
+}
+
+// recreateFailed fails b, which could not be written: the file was deleted
+// and could not be created again. Not inlined, like commitFailed.
+//
+//go:noinline
+func (s *Sink) recreateFailed(b *batch, err error) error {
+	s.fail(b)
+	return fmt.Errorf("audit: write %s (sequence %d..%d): %w", s.name, b.first, b.last, err)
+}
+
+// commitFailed is commit's failure path: b is failed and what was written
+// of it discarded. It is a function of its own, not inlined, to keep
+// commit's stack frame small: the request path writes the audit trail on
+// the goroutine reading a connection, whose stack stays as large as the
+// deepest call it ever made (see proxy.Listener.handle).
+//
+//go:noinline
+func (s *Sink) commitFailed(b *batch, op string, n, size int, err error) error {
 	s.fail(b)
 	werr := fmt.Errorf("audit: %s %s (sequence %d..%d): %w", op, s.name, b.first, b.last, err)
 	if rerr := s.t.Rollback(n); rerr != nil {
 		switch {
 		case n == 0:
 			// nothing written: the target is as it was
-		case n < len(data):
+		case n < size:
 			s.torn = true
 		default:
 			s.torn = false // all written, newline included; fdatasync failed

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -524,6 +525,11 @@ type HoldResult struct {
 	OpenSeconds float64 `json:"open_s"`
 	Errors      string  `json:"errors,omitempty"`
 	HeapProfile string  `json:"heap_profile,omitempty"`
+	// The Go runtime's view of the same growth (runtime.MemStats read
+	// through the pprof endpoint next to each RSS reading, no GC forced):
+	// what RSS is made of.
+	HeapInusePerConnKiB  float64 `json:"heap_inuse_per_conn_kib,omitempty"`
+	StackInusePerConnKiB float64 `json:"stack_inuse_per_conn_kib,omitempty"`
 }
 
 func (h *harness) scaleRuns() error {
@@ -574,6 +580,7 @@ func (h *harness) holdOpen(key, name, devAddr string, withTLS bool, n int, prime
 	defer ct.proc.stop()
 	time.Sleep(2 * time.Second) // let start-up garbage be collected
 	hr := &HoldResult{Target: key, Conns: n, Primed: primed, RSSBefore: ct.proc.rss()}
+	msBefore := memStats(ct.pprof)
 	cfg := load.Config{Addr: ct.Addr, Conns: n, Timeout: 30 * time.Second}
 	if withTLS {
 		cfg.TLS = h.cliTLS
@@ -595,15 +602,48 @@ func (h *harness) holdOpen(key, name, devAddr string, withTLS bool, n int, prime
 	time.Sleep(3 * time.Second)
 	hr.RSSAfter = ct.proc.rss()
 	hr.PerConnKiB = float64(hr.RSSAfter-hr.RSSBefore) / float64(n) / 1024
+	if msAfter := memStats(ct.pprof); msBefore != nil && msAfter != nil {
+		perConn := func(k string) float64 { return float64(msAfter[k]-msBefore[k]) / float64(n) / 1024 }
+		hr.HeapInusePerConnKiB, hr.StackInusePerConnKiB = perConn("HeapInuse"), perConn("StackInuse")
+	}
 	// What the heap holds (after a GC), for the analysis of the RSS.
 	heap := filepath.Join(h.opt.results, "profiles", fmt.Sprintf("%s-hold-%d-primed-%v.heap.pprof", name, n, primed))
 	os.MkdirAll(filepath.Dir(heap), 0o755)
 	if err := fetch("http://"+ct.pprof+"/debug/pprof/heap?gc=1", heap); err == nil {
 		hr.HeapProfile = filepath.ToSlash(heap)
 	}
-	h.logf("  hold %d connections on %s (primed %v): RSS %d → %d MiB, %.1f KiB per connection, opened in %.1f s %s",
-		n, name, primed, hr.RSSBefore>>20, hr.RSSAfter>>20, hr.PerConnKiB, hr.OpenSeconds, hr.Errors)
+	h.logf("  hold %d connections on %s (primed %v): RSS %d → %d MiB, %.1f KiB per connection (heap in use %.1f, stacks %.1f), opened in %.1f s %s",
+		n, name, primed, hr.RSSBefore>>20, hr.RSSAfter>>20, hr.PerConnKiB, hr.HeapInusePerConnKiB, hr.StackInusePerConnKiB, hr.OpenSeconds, hr.Errors)
 	return hr, nil
+}
+
+// memStats reads the runtime.MemStats of a Go process from the "# Name =
+// value" lines of its /debug/pprof/heap?debug=1 page (nil if it cannot).
+func memStats(pprofAddr string) map[string]int64 {
+	resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		return nil
+	}
+	ms := map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimPrefix(l, "# "), " = ")
+		if !ok || !strings.HasPrefix(l, "# ") {
+			continue
+		}
+		if k == "Stack" { // "# Stack = StackInuse / StackSys"
+			v, _, _ = strings.Cut(v, " / ")
+			k = "StackInuse"
+		}
+		if x, err := strconv.ParseInt(v, 10, 64); err == nil {
+			ms[k] = x
+		}
+	}
+	return ms
 }
 
 // ReloadResult is scenario 5.

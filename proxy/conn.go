@@ -111,7 +111,37 @@ func (c *Conn) writeClient(b []byte) error {
 // dial connects to the device under the connect timeout, with TLS when the
 // listener has upstream_tls (the material current at this dial). The
 // connection is registered so close() also closes it.
+//
+// The dial runs on a goroutine of its own, for the reason the handshake
+// does (Listener.handle): the resolver, the connect and a TLS handshake
+// grow a stack to 8 KiB or more, which the calling reader goroutine would
+// then keep for the life of the connection. A panic is passed back, to the
+// caller's recover.
 func (c *Conn) dial() (net.Conn, error) {
+	type result struct {
+		up  net.Conn
+		err error
+		p   any
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			if p := recover(); p != nil {
+				r.p = p
+			}
+			ch <- r
+		}()
+		r.up, r.err = c.dialDevice()
+	}()
+	r := <-ch
+	if r.p != nil {
+		panic(r.p)
+	}
+	return r.up, r.err
+}
+
+func (c *Conn) dialDevice() (net.Conn, error) {
 	l := c.l
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeouts.Connect.D())
 	defer cancel()

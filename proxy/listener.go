@@ -198,14 +198,8 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 
 func (l *Listener) handle(raw net.Conn) {
 	defer l.wg.Done()
-	src := addrPort(raw.RemoteAddr())
-	if !l.opts.Slots.tryAcquire() {
-		l.refuse(raw, src, "global connection limit reached")
-		return
-	}
-	if !l.slots.tryAcquire() {
-		l.opts.Slots.release()
-		l.refuse(raw, src, "listener connection limit reached")
+	c := l.admit(raw)
+	if c == nil {
 		return
 	}
 	var releaseOnce sync.Once
@@ -217,46 +211,19 @@ func (l *Listener) handle(raw net.Conn) {
 	}
 	defer release()
 
-	c := &Conn{
-		l:       l,
-		id:      l.connIDs.Add(1),
-		client:  raw,
-		tcp:     tcpConn(raw),
-		src:     src,
-		dst:     addrPortString(l.cfg.Upstream),
-		drainCh: make(chan struct{}),
-		start:   time.Now(),
-	}
-	if tc := c.tcp; tc != nil {
-		tc.SetKeepAlive(true)
-		tc.SetKeepAlivePeriod(30 * time.Second)
-	}
-	if l.tls != nil {
-		// The handshake runs on a goroutine of its own: signature checks
-		// and certificate parsing grow a goroutine's stack to tens of KiB,
-		// which this goroutine, serving the connection for hours, would
-		// keep (Go shrinks stacks only by halves, one per garbage
-		// collection). The handshake's stack goes back to the runtime for
-		// the next handshake instead.
-		ok := make(chan bool, 1)
-		go func() { ok <- l.handshake(c, raw) }()
-		if !<-ok {
-			return
-		}
-	}
-
-	l.mu.Lock()
-	if l.closing.Load() {
-		l.mu.Unlock()
-		raw.Close()
+	// The handshake and the connection-open event run on a goroutine of
+	// their own: signature checks and certificate parsing grow a
+	// goroutine's stack to tens of KiB, and encoding and writing an audit
+	// event to 8 KiB, which this goroutine, serving the connection for
+	// hours, would keep (Go shrinks stacks only by halves, one per garbage
+	// collection, and not below what a goroutine blocked in a read uses).
+	// That goroutine's stack goes back to the runtime for the next
+	// connection instead.
+	ok := make(chan bool, 1)
+	go func() { ok <- l.open(c, raw) }()
+	if !<-ok {
 		return
 	}
-	l.conns[c] = struct{}{}
-	l.mu.Unlock()
-	l.metrics.accepted.Inc()
-	l.metrics.conns.Inc()
-
-	c.record(&audit.Event{Action: audit.ActionConnectionOpen, Outcome: audit.OutcomeSuccess})
 	var lifetime *time.Timer
 	if d := l.cfg.Timeouts.MaxLifetime.D(); d > 0 {
 		lifetime = time.AfterFunc(d, func() { c.close("maximum connection lifetime reached") })
@@ -277,6 +244,61 @@ func (l *Listener) handle(raw net.Conn) {
 	l.mu.Unlock()
 	release() // before the event, so that whoever reads it can connect again
 	c.record(&audit.Event{Action: audit.ActionConnectionClose, Outcome: audit.OutcomeSuccess, Reason: reason})
+}
+
+// admit takes a slot of each connection cap and sets up the Conn of an
+// accepted connection; nil: a cap was reached and the connection was
+// refused. It is not inlined into handle: handle's frame stays on the
+// stack of the goroutine serving the connection, under every request's.
+//
+//go:noinline
+func (l *Listener) admit(raw net.Conn) *Conn {
+	src := addrPort(raw.RemoteAddr())
+	if !l.opts.Slots.tryAcquire() {
+		l.refuse(raw, src, "global connection limit reached")
+		return nil
+	}
+	if !l.slots.tryAcquire() {
+		l.opts.Slots.release()
+		l.refuse(raw, src, "listener connection limit reached")
+		return nil
+	}
+	c := &Conn{
+		l:       l,
+		id:      l.connIDs.Add(1),
+		client:  raw,
+		tcp:     tcpConn(raw),
+		src:     src,
+		dst:     addrPortString(l.cfg.Upstream),
+		drainCh: make(chan struct{}),
+		start:   time.Now(),
+	}
+	if tc := c.tcp; tc != nil {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(30 * time.Second)
+	}
+	return c
+}
+
+// open completes the TLS handshake (if any), registers the connection for
+// Shutdown and records its opening. false: the connection was refused and
+// closed.
+func (l *Listener) open(c *Conn, raw net.Conn) bool {
+	if l.tls != nil && !l.handshake(c, raw) {
+		return false
+	}
+	l.mu.Lock()
+	if l.closing.Load() {
+		l.mu.Unlock()
+		raw.Close()
+		return false
+	}
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
+	l.metrics.accepted.Inc()
+	l.metrics.conns.Inc()
+	c.record(&audit.Event{Action: audit.ActionConnectionOpen, Outcome: audit.OutcomeSuccess})
+	return true
 }
 
 // refuse closes a connection over a limit; the audit event lets the SOC see

@@ -128,6 +128,24 @@ type mbConn struct {
 }
 
 func (h *modbusHandler) serve(c *Conn) (reason string) {
+	m := newMbConn(h, c)
+	defer func() {
+		// A bug (here, in the parser or in a Decider) must not take the
+		// process down nor let a request through: the connection ends,
+		// audited, as on the OPC UA side.
+		if p := recover(); p != nil {
+			reason = m.c.internalError("client reader", p)
+		}
+		m.stopTimer()
+	}()
+	return m.readRequests()
+}
+
+// newMbConn is not inlined into serve, whose frame stays under every
+// request's on the client reader's stack.
+//
+//go:noinline
+func newMbConn(h *modbusHandler, c *Conn) *mbConn {
 	m := &mbConn{
 		h:      h,
 		c:      c,
@@ -140,16 +158,7 @@ func (h *modbusHandler) serve(c *Conn) (reason string) {
 		Client:   c.src,
 		Identity: c.identity,
 	}
-	defer func() {
-		// A bug (here, in the parser or in a Decider) must not take the
-		// process down nor let a request through: the connection ends,
-		// audited, as on the OPC UA side.
-		if p := recover(); p != nil {
-			reason = m.c.internalError("client reader", p)
-		}
-		m.stopTimer()
-	}()
-	return m.readRequests()
+	return m
 }
 
 // coarse is how much later than asked a deadline may be set, so that it is
@@ -263,44 +272,20 @@ func (m *mbConn) take(adu []byte) bool {
 	r.op.Reset()
 	r.forward, r.refuse = false, 0
 	if _, err := r.req.Decode(adu); err != nil {
-		var fe *modbus.FramingError
-		if errors.As(err, &fe) {
-			// The MBAP length and the PDU disagree (e.g. a read whose length
-			// hides a second PDU): nothing about this connection's framing
-			// can be trusted any more.
-			m.burst = m.burst[:len(m.burst)-1]
-			m.end.malformed, m.end.frame = fe, adu
-			m.end.reason = "malformed frame from client: " + fe.Error()
-			return false
-		}
-		var pe *modbus.ProtocolError
-		if !errors.As(err, &pe) {
-			pe = &modbus.ProtocolError{Exception: modbus.ExServerDeviceFailure, Reason: "decode", Detail: err.Error()}
-		}
-		// A well-framed request that breaks the protocol's rules gets the
-		// answer a conforming device would give, and is never forwarded.
-		r.req.Operation(&r.op)
-		setRequestEvent(r, policy.Decision{Reason: inspect.ViolationReason(pe), Rule: inspect.ViolationRule(pe.Reason)})
-		r.ev.ExceptionCode = pe.Exception
-		r.refuse = pe.Exception
-		l.metrics.denied.Inc()
-		return true
+		return m.invalid(r, adu, err)
 	}
 	r.req.Operation(&r.op)
 
 	// Pairing needs a free slot and a transaction id not already in flight.
 	if busy := m.admit(r); busy != "" {
-		setRequestEvent(r, policy.Decision{Reason: busy, Rule: "proxy.outstanding"})
-		r.ev.ExceptionCode = modbus.ExServerDeviceBusy
-		r.refuse = modbus.ExServerDeviceBusy
-		l.metrics.denied.Inc()
+		m.busy(r, busy)
 		return true
 	}
 
 	m.in.Op = &r.op
 	d := l.opts.Decider.Decide(context.Background(), &m.in)
 	m.in.Op = nil
-	setRequestEvent(r, d)
+	setRequestEvent(r, &d)
 	if d.Allow {
 		// Forwarded once its audit event is written (flush).
 		r.forward = true
@@ -329,19 +314,64 @@ func (m *mbConn) take(adu []byte) bool {
 	return true
 }
 
-func setRequestEvent(r *mbRequest, d policy.Decision) {
-	r.ev = audit.Event{
-		Action: audit.ActionRequest,
-		// No Outcome: the encoder derives it from the decision (success
-		// if allowed, failure if denied), as audit/FIELDS.md says.
-		Reason:     d.Reason,
-		DecisionID: d.ID,
-		Allowed:    d.Allow,
-		DryRun:     d.DryRun,
-		Rule:       d.Rule,
-		Revision:   d.Revision,
-		Op:         &r.op,
+// invalid handles a request that did not decode: the connection ends
+// after the burst (false) on a framing error, the request is refused on a
+// protocol error. Kept out of take, like busy: the rare paths' temporaries
+// would otherwise enlarge take's stack frame, on every reader's stack.
+//
+//go:noinline
+func (m *mbConn) invalid(r *mbRequest, adu []byte, err error) bool {
+	var fe *modbus.FramingError
+	if errors.As(err, &fe) {
+		// The MBAP length and the PDU disagree (e.g. a read whose length
+		// hides a second PDU): nothing about this connection's framing
+		// can be trusted any more.
+		m.burst = m.burst[:len(m.burst)-1]
+		m.end.malformed, m.end.frame = fe, adu
+		m.end.reason = "malformed frame from client: " + fe.Error()
+		return false
 	}
+	var pe *modbus.ProtocolError
+	if !errors.As(err, &pe) {
+		pe = &modbus.ProtocolError{Exception: modbus.ExServerDeviceFailure, Reason: "decode", Detail: err.Error()}
+	}
+	// A well-framed request that breaks the protocol's rules gets the
+	// answer a conforming device would give, and is never forwarded.
+	r.req.Operation(&r.op)
+	setRequestEvent(r, &policy.Decision{Reason: inspect.ViolationReason(pe), Rule: inspect.ViolationRule(pe.Reason)})
+	r.ev.ExceptionCode = pe.Exception
+	r.refuse = pe.Exception
+	m.h.l.metrics.denied.Inc()
+	return true
+}
+
+// busy refuses a request that cannot be paired with its response (see
+// admit).
+//
+//go:noinline
+func (m *mbConn) busy(r *mbRequest, reason string) {
+	setRequestEvent(r, &policy.Decision{Reason: reason, Rule: "proxy.outstanding"})
+	r.ev.ExceptionCode = modbus.ExServerDeviceBusy
+	r.refuse = modbus.ExServerDeviceBusy
+	m.h.l.metrics.denied.Inc()
+}
+
+// setRequestEvent fills r.ev in place, field by field: an audit.Event
+// literal would first be built in a temporary of more than 300 bytes in
+// the frame of each caller it is inlined into.
+func setRequestEvent(r *mbRequest, d *policy.Decision) {
+	ev := &r.ev
+	*ev = audit.Event{}
+	ev.Action = audit.ActionRequest
+	// No Outcome: the encoder derives it from the decision (success if
+	// allowed, failure if denied), as audit/FIELDS.md says.
+	ev.Reason = d.Reason
+	ev.DecisionID = d.ID
+	ev.Allowed = d.Allow
+	ev.DryRun = d.DryRun
+	ev.Rule = d.Rule
+	ev.Revision = d.Revision
+	ev.Op = &r.op
 }
 
 // admit checks that r can be paired with its response: against the
@@ -481,16 +511,10 @@ func (m *mbConn) readsOnly() bool {
 // one write, dialing it first if needed, and registers them for pairing. A
 // request that cannot be forwarded is refused (r.refuse).
 func (m *mbConn) forward() {
-	c, l := m.c, m.h.l
+	l := m.h.l
 	up, err := m.upstream()
 	if err != nil {
-		l.metrics.upstreamError("unreachable")
-		l.log.Warn("upstream unreachable", zap.Uint64("conn", c.id), zap.Error(err))
-		for i := range m.burst {
-			if r := &m.burst[i]; r.forward {
-				r.forward, r.refuse = false, modbus.ExGatewayPathUnavailable
-			}
-		}
+		m.unreachable(err)
 		return
 	}
 	m.toDev = m.toDev[:0]
@@ -504,8 +528,7 @@ func (m *mbConn) forward() {
 		if err != nil {
 			// Append re-runs Decode's validation; a request that decoded
 			// cannot fail here. Fail closed if it ever does.
-			l.log.Error("re-encoding a validated request failed", zap.Error(err))
-			r.forward, r.refuse = false, modbus.ExServerDeviceFailure
+			m.reencodeFailed(r, err)
 			m.toDev = m.toDev[:start]
 			continue
 		}
@@ -559,10 +582,37 @@ func (m *mbConn) forward() {
 		m.upDL = dl
 	}
 	if _, err := up.Write(m.toDev); err != nil {
-		l.metrics.upstreamError("write")
-		l.log.Warn("upstream write failed", zap.Uint64("conn", c.id), zap.Error(err))
-		m.upstreamFailed(up, modbus.ExGatewayPathUnavailable)
+		m.writeFailed(up, err)
 	}
+}
+
+// The failure paths of forward are functions of their own, not inlined:
+// the zap fields of their log calls would otherwise take room in
+// forward's frame, on the client reader's stack at every forward.
+
+//go:noinline
+func (m *mbConn) unreachable(err error) {
+	l := m.h.l
+	l.metrics.upstreamError("unreachable")
+	l.log.Warn("upstream unreachable", zap.Uint64("conn", m.c.id), zap.Error(err))
+	for i := range m.burst {
+		if r := &m.burst[i]; r.forward {
+			r.forward, r.refuse = false, modbus.ExGatewayPathUnavailable
+		}
+	}
+}
+
+//go:noinline
+func (m *mbConn) reencodeFailed(r *mbRequest, err error) {
+	m.h.l.log.Error("re-encoding a validated request failed", zap.Error(err))
+	r.forward, r.refuse = false, modbus.ExServerDeviceFailure
+}
+
+//go:noinline
+func (m *mbConn) writeFailed(up net.Conn, err error) {
+	m.h.l.metrics.upstreamError("write")
+	m.h.l.log.Warn("upstream write failed", zap.Uint64("conn", m.c.id), zap.Error(err))
+	m.upstreamFailed(up, modbus.ExGatewayPathUnavailable)
 }
 
 // freeLocked returns an unused pending slot, growing the table as needed:
