@@ -151,19 +151,10 @@ type Audit struct {
 	Stdout bool `yaml:"stdout"`
 	// ReadDelay lets an allowed read be forwarded before its event is
 	// written: the event goes to the file with the next event that is
-	// waited for, or at the latest ReadDelay later. 0: every allowed
-	// operation waits for its event's write. Allowed writes (and every
-	// operation that is not a read) and denials always wait. See
-	// ReadDelayOrDefault for the default.
-	ReadDelay *Duration `yaml:"read_delay"`
-}
-
-// ReadDelayOrDefault is audit.read_delay, DefaultAuditReadDelay when unset.
-func (a Audit) ReadDelayOrDefault() time.Duration {
-	if a.ReadDelay == nil {
-		return DefaultAuditReadDelay
-	}
-	return a.ReadDelay.D()
+	// waited for, or at the latest ReadDelay later. 0 (the default):
+	// every allowed operation waits for its event's write. Allowed writes
+	// (and every operation that is not a read) and denials always wait.
+	ReadDelay Duration `yaml:"read_delay"`
 }
 
 // Log configures the operational log (not the audit trail).

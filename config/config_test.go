@@ -41,15 +41,15 @@ func TestParseMinimalAppliesDefaults(t *testing.T) {
 	if !cfg.Policy.WatchEnabled() || !cfg.Policy.TestsEnabled() {
 		t.Error("watch and run_tests default to true")
 	}
-	if d := cfg.Audit.ReadDelayOrDefault(); d != DefaultAuditReadDelay {
-		t.Errorf("audit.read_delay defaults to %s", d)
+	if d := cfg.Audit.ReadDelay.D(); d != 0 {
+		t.Errorf("audit.read_delay defaults to %s: by default every event is written before its operation is forwarded", d)
 	}
-	zero, err := Parse("/etc/conduit/conduit.yaml", []byte(strings.Replace(minimal, "file: audit.jsonl", "file: audit.jsonl\n  read_delay: 0s", 1)))
+	set, err := Parse("/etc/conduit/conduit.yaml", []byte(strings.Replace(minimal, "file: audit.jsonl", "file: audit.jsonl\n  read_delay: 2ms", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := zero.Audit.ReadDelayOrDefault(); d != 0 {
-		t.Errorf("audit.read_delay: 0s reads as %s: every read must wait", d)
+	if d := set.Audit.ReadDelay.D(); d != 2*time.Millisecond {
+		t.Errorf("audit.read_delay: 2ms reads as %s", d)
 	}
 }
 

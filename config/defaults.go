@@ -17,8 +17,7 @@ const (
 	DefaultIdleTimeout     = 5 * time.Minute
 	DefaultHandshake       = 10 * time.Second
 	DefaultDecisionTimeout = 100 * time.Millisecond
-	DefaultAuditReadDelay  = time.Millisecond
-	MaxAuditReadDelay      = time.Second
+	MaxAuditReadDelay      = time.Second // audit.read_delay; its default is 0
 	DefaultTLSMinVersion   = "1.3"
 	DefaultOPCUAMode       = "none"
 	DefaultOPCUAMaxMessage = 4 << 20  // 4 MiB after reassembly

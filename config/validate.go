@@ -106,8 +106,8 @@ func (c *Config) validate() []*Error {
 	} else if msg := c.auditFileClash(); msg != "" {
 		bad("audit.file", "%s", msg)
 	}
-	if d := c.Audit.ReadDelay; d != nil && (d.D() < 0 || d.D() > MaxAuditReadDelay) {
-		bad("audit.read_delay", "%s: must be between 0 (reads wait for their event) and %s", d.D(), MaxAuditReadDelay)
+	if d := c.Audit.ReadDelay.D(); d < 0 || d > MaxAuditReadDelay {
+		bad("audit.read_delay", "%s: must be between 0 (reads wait for their event) and %s", d, MaxAuditReadDelay)
 	}
 	if c.Limits.MaxConnections < 1 {
 		bad("limits.max_connections", "must be at least 1")

@@ -24,6 +24,7 @@ import (
 
 	mb "github.com/simonvetter/modbus"
 
+	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/audit/audittest"
 	"github.com/conduit-ot/conduit/rules"
 	"github.com/conduit-ot/conduit/sim"
@@ -664,5 +665,55 @@ func TestBinaryReferencePolicyRefusesAttacks(t *testing.T) {
 	}
 	if denied != 8 {
 		t.Fatalf("%d denied request events, want 8", denied)
+	}
+}
+
+// audit.read_delay, end to end: an allowed read is answered before its
+// event is in the file, the event follows within the delay without any
+// other event to carry it, and with reads and writes mixed the invariant
+// holds and no event is missing after a drain.
+func TestBinaryReadDelay(t *testing.T) {
+	plc := startPLC(t)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
+	cfg := bytes.Replace(mustRead(t, cfgPath), []byte("\naudit:\n"), []byte("\naudit:\n  read_delay: 1s\n"), 1)
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startConduit(t, cfgPath, listen)
+
+	reads := func() int {
+		recs, err := audittest.ReadFile(auditFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range audittest.Filter(recs, audit.ActionRequest) {
+			if r.String("conduit.operation.access") == "read" {
+				n++
+			}
+		}
+		return n
+	}
+	c := modbusClient(t, listen)
+	if _, err := c.ReadRegisters(10, 2, mb.HOLDING_REGISTER); err != nil {
+		t.Fatal(err)
+	}
+	if n := reads(); n != 0 {
+		t.Fatalf("the read's event was on file when its answer came (%d): read_delay did not reach the audit sink", n)
+	}
+	waitAudit(t, auditFile, func(r audittest.Record) bool {
+		return r.Action() == audit.ActionRequest && r.String("conduit.operation.access") == "read"
+	})
+	c.Close()
+
+	randomWrites(t, listen)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	p.done <- nil
+	checkInvariant(t, plc, auditFile)
+	if got, want := reads(), plc.Requests()-len(plc.Writes()); got < want {
+		t.Errorf("%d read events after the drain, the device answered %d reads", got, want)
 	}
 }
