@@ -35,6 +35,11 @@ certificate. Keep --listen on 127.0.0.1: the plain side is unauthenticated.
 SIGHUP reloads the certificate, key and CA; SIGINT/SIGTERM stop.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Caught before anything listens: SIGHUP's default action
+			// ends the process (see run).
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			ctls, err := pki.NewClientTLS(opts)
 			if err != nil {
 				return err
@@ -62,9 +67,6 @@ SIGHUP reloads the certificate, key and CA; SIGINT/SIGTERM stop.`,
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
 			go func() {
 				for {
 					select {

@@ -717,3 +717,53 @@ func TestBinaryReadDelay(t *testing.T) {
 		t.Errorf("%d read events after the drain, the device answered %d reads", got, want)
 	}
 }
+
+// A SIGHUP that arrives while conduit run is still starting (policy
+// loaded, listeners not yet serving) is a reload once it runs, not the
+// end of the process: SIGHUP's default action is to terminate, and
+// logrotate or a deploy script does not wait for "conduit running".
+func TestBinarySIGHUPDuringStartup(t *testing.T) {
+	plc := startPLC(t)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfgPath, _ := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
+	cmd := exec.Command(conduitBinary(t), "run", "--config", cfgPath)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("conduit stderr:\n%s", stderr.String())
+		}
+	})
+	waitLog := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(stderr.String(), what) {
+			select {
+			case err := <-done:
+				done <- err
+				t.Fatalf("conduit exited (%v) before logging %q", err, what)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("conduit did not log %q", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitLog(`"msg":"policy loaded"`) // inside startup, before the listeners serve
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(`"msg":"conduit running"`)
+	waitLog(`"msg":"reloading (SIGHUP)"`)
+	c := modbusClient(t, listen)
+	if _, err := c.ReadRegisters(10, 1, mb.HOLDING_REGISTER); err != nil {
+		t.Fatalf("after the early SIGHUP: %v", err)
+	}
+}

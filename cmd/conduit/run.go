@@ -42,6 +42,13 @@ requests it has in flight (at most --drain), then exit.`,
 			defer log.Sync()
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// SIGHUP is caught before anything listens: its default
+			// action ends the process, and a logrotate or a deploy
+			// script may send it while the listeners are coming up. One
+			// that arrives then is a reload once the loop below runs.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			a, err := startApp(ctx, cfg, appOptions{Log: log})
 			if err != nil {
 				return err
@@ -58,9 +65,6 @@ requests it has in flight (at most --drain), then exit.`,
 			a.serve()
 			log.Info("conduit running", zap.String("config", path), zap.String("version", version), zap.String("policy", a.engine.Revision()))
 
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
 			var serveErr error
 		loop:
 			for {
