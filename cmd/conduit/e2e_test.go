@@ -696,6 +696,9 @@ func TestBinaryReadDelay(t *testing.T) {
 		}
 		return n
 	}
+	// startConduit's probe connection ends with an event that is waited
+	// for, and would carry the read's event with it if it came late.
+	waitAudit(t, auditFile, func(r audittest.Record) bool { return r.Action() == audit.ActionConnectionClose })
 	c := modbusClient(t, listen)
 	if _, err := c.ReadRegisters(10, 2, mb.HOLDING_REGISTER); err != nil {
 		t.Fatal(err)
