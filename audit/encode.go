@@ -64,8 +64,9 @@ type Encoder struct {
 	obs    Observer
 	states sync.Pool // *encState
 
-	bases  sync.Map // baseKey -> zapcore.Encoder
-	nbases atomic.Int64
+	bases    sync.Map // baseKey -> zapcore.Encoder
+	nbases   atomic.Int64
+	maxBases int64 // see SetConnections
 }
 
 // baseKey is what the static context of an event depends on.
@@ -77,10 +78,20 @@ type baseKey struct {
 	src, dst netip.AddrPort
 }
 
-// maxBases bounds the context cache: about one entry per live connection.
-// Past it the cache is emptied and refilled, which costs a re-encoding of
-// the static fields, never a wrong event.
+// maxBases bounds the context cache by default: about one entry per live
+// connection. Past the bound the cache is emptied and refilled, which costs
+// a re-encoding of the static fields, never a wrong event.
 const maxBases = 4096
+
+// SetConnections raises the bound of the context cache to n entries, the
+// number of connections that may be open at once (limits.max_connections):
+// with more live connections than entries the cache would be emptied again
+// and again, and every event would re-encode its connection's certificate.
+// Entries are dropped when their connection closes, so the memory follows
+// the live connections. Call it before the encoder is used.
+func (e *Encoder) SetConnections(n int) {
+	e.maxBases = max(maxBases, int64(n))
+}
 
 // NewEncoder returns an Encoder stamping every event with obs.
 func NewEncoder(obs Observer) *Encoder {
@@ -109,6 +120,7 @@ func NewEncoder(obs Observer) *Encoder {
 		st.fields[0] = zapcore.Field{Type: zapcore.InlineMarshalerType, Interface: st}
 		return st
 	}
+	e.maxBases = maxBases
 	return e
 }
 
@@ -134,7 +146,7 @@ func (e *Encoder) base(k *baseKey, store bool) zapcore.Encoder {
 	if !store {
 		return b
 	}
-	if e.nbases.Load() >= maxBases {
+	if e.nbases.Load() >= e.maxBases {
 		e.bases.Clear()
 		e.nbases.Store(0)
 	}

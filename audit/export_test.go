@@ -25,3 +25,9 @@ func CloseFileUnderSink(s *Sink) error {
 	defer s.wmu.Unlock()
 	return s.t.(*fileTarget).f.Close()
 }
+
+// CachedBases is how many connections' constant fields the encoder holds.
+func CachedBases(e *Encoder) int64 { return e.nbases.Load() }
+
+// SinkEncoder is the encoder of a sink.
+func SinkEncoder(s *Sink) *Encoder { return s.enc }

@@ -39,6 +39,11 @@ type Options struct {
 	MaxBatchEvents int
 	// Now is the clock for events without a Time; time.Now when nil.
 	Now func() time.Time
+	// Connections is the number of connections that may be open at once
+	// (limits.max_connections): the encoder keeps the encoded constant
+	// fields of that many connections (see Encoder.SetConnections).
+	// Zero: a default for a few thousand.
+	Connections int
 	// MaxDelay enables Enqueue: events queued with it are written with
 	// the next batch that a Record waits for, or at the latest MaxDelay
 	// after they were queued. Zero: Enqueue queues nothing, every event
@@ -186,6 +191,7 @@ func newSink(t target, name string, opts Options) *Sink {
 		name:      name,
 		t:         t,
 	}
+	s.enc.SetConnections(opts.Connections)
 	if s.maxDelay > 0 {
 		s.timer = time.AfterFunc(time.Hour, s.flushDeferred)
 		s.timer.Stop()

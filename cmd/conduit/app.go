@@ -90,7 +90,7 @@ func startApp(ctx context.Context, cfg *config.Config, opts appOptions) (_ *app,
 
 	// The audit trail first: without it nothing may be forwarded.
 	obs := audit.Observer{Version: version}
-	a.sink, err = audit.OpenFile(cfg.Audit.File, audit.Options{Observer: obs, Fsync: cfg.Audit.Fsync, MaxDelay: cfg.Audit.ReadDelay.D()})
+	a.sink, err = audit.OpenFile(cfg.Audit.File, audit.Options{Observer: obs, Fsync: cfg.Audit.Fsync, MaxDelay: cfg.Audit.ReadDelay.D(), Connections: cfg.Limits.MaxConnections})
 	if err != nil {
 		return nil, fmt.Errorf("audit.file: %w", err)
 	}
