@@ -318,7 +318,8 @@ func (l *Listener) refuse(raw net.Conn, src netip.AddrPort, reason string) {
 // handshake runs the TLS handshake under the handshake timeout and reads the
 // verified identity. Nothing is dialed before it succeeds.
 func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
-	tc := tls.Server(raw, l.tls)
+	var verr error
+	tc := tls.Server(raw, keepVerifyError(l.tls, &verr))
 	ctx, cancel := context.WithTimeout(l.hsCtx, l.cfg.Timeouts.Handshake.D())
 	defer cancel()
 	fail := func(reason string, err error) bool {
@@ -330,6 +331,12 @@ func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
 		return false
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
+		if verr != nil && ctx.Err() != nil {
+			// The certificate was refused, then the handshake was
+			// cancelled (Shutdown) before it returned: crypto/tls
+			// reports the cancellation, the trail wants the refusal.
+			err = verr
+		}
 		reason := err.Error()
 		if l.opts.HandshakeReason != nil {
 			reason = l.opts.HandshakeReason(err)
@@ -404,4 +411,39 @@ func resetClose(c net.Conn) {
 		tc.SetLinger(0)
 	}
 	c.Close()
+}
+
+// keepVerifyError returns a configuration that serves as cfg does and
+// stores in *verr the error with which cfg's VerifyConnection refused the
+// client (the handshake goroutine writes it, the same goroutine reads it
+// after the handshake). cfg as it is when there is nothing to wrap.
+func keepVerifyError(cfg *tls.Config, verr *error) *tls.Config {
+	wrap := func(c *tls.Config) *tls.Config {
+		if c == nil || c.VerifyConnection == nil {
+			return c
+		}
+		w := c.Clone()
+		verify := c.VerifyConnection
+		w.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				*verr = err
+			}
+			return err
+		}
+		return w
+	}
+	if cfg.GetConfigForClient == nil {
+		return wrap(cfg)
+	}
+	w := cfg.Clone()
+	get := cfg.GetConfigForClient
+	w.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := get(h)
+		if err != nil || c == nil {
+			return c, err
+		}
+		return wrap(c), nil
+	}
+	return w
 }

@@ -186,9 +186,10 @@ type tlsProxy struct {
 }
 
 type tlsProxyOptions struct {
-	log     *zap.Logger
-	noWatch bool
-	now     func() time.Time
+	log      *zap.Logger
+	noWatch  bool
+	now      func() time.Time
+	onReject func(*pki.HandshakeError)
 }
 
 func startTLSProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.Recorder, o tlsProxyOptions) *tlsProxy {
@@ -200,6 +201,7 @@ func startTLSProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.R
 			NoWatch:  o.noWatch,
 			Debounce: 50 * time.Millisecond,
 			Now:      o.now,
+			OnReject: o.onReject,
 			OnReload: func(rr pki.ReloadResult) {
 				p.mu.Lock()
 				p.reloads = append(p.reloads, rr)
