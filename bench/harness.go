@@ -428,6 +428,11 @@ func (h *harness) runAll() error {
 			return err
 		}
 	}
+	if h.want("opcua") {
+		if err := h.opcuaRuns(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

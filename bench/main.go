@@ -80,7 +80,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.IntVar(&o.primed, "primed", 5000, "connections held open after one request each (an upstream connection each)")
 	fs.DurationVar(&o.reload, "reload-duration", 12*time.Second, "measured period of a reload run")
 	fs.DurationVar(&o.profile, "profile", 8*time.Second, "CPU profile length (0: no profile or perf counters)")
-	fs.StringVar(&only, "only", "", "comma-separated subset: saturation,latency,depth8,profile,scale,reload")
+	fs.StringVar(&only, "only", "", "comma-separated subset: saturation,latency,depth8,profile,scale,reload,opcua")
 	fs.StringVar(&o.conduit, "conduit", "", "measure this conduit binary instead of building ./cmd/conduit")
 	fs.BoolVar(&o.quick, "quick", false, "short runs, one repeat, fewer connections: a smoke test of the harness")
 	fs.Parse(args)
@@ -108,7 +108,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	logf("open files limit %d; load average %s", r.Machine.NoFile, loadavg())
 	err := h.runAll()
 	r.Finished = time.Now()
-	if len(r.Runs) == 0 && r.Scale == nil && len(r.Reloads) == 0 {
+	if len(r.Runs) == 0 && r.Scale == nil && len(r.Reloads) == 0 && len(r.OPCUA) == 0 {
 		return err
 	}
 	name := "run-" + r.Started.UTC().Format("20060102-150405")

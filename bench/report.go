@@ -42,6 +42,7 @@ type Report struct {
 	Scale          *ScaleResult   `json:"scale,omitempty"`
 	ReloadScenario scenario       `json:"reload_scenario"`
 	Reloads        []ReloadResult `json:"reloads,omitempty"`
+	OPCUA          []OPCUAResult  `json:"opcua,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -281,6 +282,7 @@ func (r *Report) Markdown(imgRel string) string {
 		}
 		p("\n")
 	}
+	r.opcuaMarkdown(p)
 	if imgRel != "" {
 		p("![Throughput per target](%s/bench-throughput.png)\n\n![Latency percentiles at a fixed rate](%s/bench-latency.png)\n\n", imgRel, imgRel)
 	}
