@@ -236,16 +236,11 @@ func (h *harness) copyPolicy() error {
 // startConduit writes a configuration for the real binary (reference
 // policy, audit file on, defaults otherwise) and starts `conduit run`.
 func (h *harness) startConduit(name, devAddr string, withTLS, pprof bool) (*target, error) {
-	dir, err := filepath.Abs(filepath.Join(h.opt.out, name))
+	t, dir, err := h.newConduitTarget(name, withTLS)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	addr, _ := freePort()
-	t := &target{Name: name, Addr: addr, TLS: withTLS, audit: filepath.Join(dir, "audit.jsonl")}
-	os.Remove(t.audit)
+	addr := t.Addr
 	tlsCfg := ""
 	if withTLS {
 		tlsCfg = fmt.Sprintf(`
@@ -286,6 +281,22 @@ limits:
 		return nil, err
 	}
 	return t, nil
+}
+
+// newConduitTarget makes out/NAME for a Conduit target (its configuration
+// and a fresh audit file) and picks its listen address.
+func (h *harness) newConduitTarget(name string, withTLS bool) (*target, string, error) {
+	dir, err := filepath.Abs(filepath.Join(h.opt.out, name))
+	if err != nil {
+		return nil, "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	addr, _ := freePort()
+	t := &target{Name: name, Addr: addr, TLS: withTLS, audit: filepath.Join(dir, "audit.jsonl")}
+	os.Remove(t.audit)
+	return t, dir, nil
 }
 
 func (h *harness) stopAll() {

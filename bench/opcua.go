@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/gopcua/opcua"
 	"github.com/gopcua/opcua/ua"
 
 	"github.com/conduit-ot/conduit/bench/hist"
+	"github.com/conduit-ot/conduit/bench/load"
 	"github.com/conduit-ot/conduit/sim"
 )
 
@@ -135,16 +135,11 @@ func opcuaWrites(ctx context.Context, url string, warmup, dur time.Duration) (*o
 // otherwise.
 func (h *harness) startConduitOPCUA(upstream string) (*target, error) {
 	name := "conduit-opcua"
-	dir, err := filepath.Abs(filepath.Join(h.opt.out, name))
+	t, dir, err := h.newConduitTarget(name, false)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	addr, _ := freePort()
-	t := &target{Name: name, Addr: addr, audit: filepath.Join(dir, "audit.jsonl")}
-	os.Remove(t.audit)
+	addr := t.Addr
 	cfg := fmt.Sprintf(`# Written by go run ./bench run: the reference policy, the audit file on.
 listeners:
   - name: opcua-line1
@@ -182,7 +177,7 @@ func (r *Report) opcuaMarkdown(p func(string, ...any)) {
 				v = append(v, f(x))
 			}
 		}
-		return median(v)
+		return load.Median(v)
 	}
 	p("#### OPC UA: writes, one in flight (gopcua client → gopcua server, security mode None)\n\n")
 	p("| target | writes/s | × direct | p50 µs | p99 µs | p99.9 µs | max µs | proxy CPU µs/write | errors |\n|---|---|---|---|---|---|---|---|---|\n")
@@ -206,16 +201,4 @@ func (r *Report) opcuaMarkdown(p func(string, ...any)) {
 			f0(med(tg.key, func(x OPCUAResult) float64 { return x.Latency.Max })), cpu, errs)
 	}
 	p("\nThe client and the simulated server run in the harness process, on the same two cores as Conduit; their cost (gopcua's, far above Conduit's) is the same on both paths.\n\n")
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
