@@ -7,12 +7,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/conduit-ot/conduit/internal/readfile"
 )
 
 // File modes. Private keys are readable by their owner only; the CA
@@ -319,33 +320,5 @@ const MaxMaterialSize = 64 << 20
 // /dev/zero or a runaway file is refused instead of blocking a reload or
 // exhausting memory.
 func ReadMaterial(path string) ([]byte, error) {
-	// Stat before opening: opening a FIFO blocks until it has a writer.
-	if fi, err := os.Stat(path); err != nil {
-		return nil, err
-	} else if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
-	}
-	if fi.Size() > MaxMaterialSize {
-		return nil, fmt.Errorf("%s: %d bytes, more than the %d a TLS material file may have", path, fi.Size(), MaxMaterialSize)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, MaxMaterialSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > MaxMaterialSize {
-		return nil, fmt.Errorf("%s: grew past the %d bytes a TLS material file may have", path, MaxMaterialSize)
-	}
-	return b, nil
+	return readfile.Regular(path, MaxMaterialSize)
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/loader"
+
+	"github.com/conduit-ot/conduit/internal/readfile"
 )
 
 // Source is where a policy is read from.
@@ -158,7 +160,7 @@ func (s Source) loadDir() (*snapshot, error) {
 		}
 		// A device (/dev/zero) or a FIFO would be read without end.
 		if !info.Mode().IsRegular() {
-			refused = append(refused, fmt.Sprintf("%s: %s, not a regular file", path, fileKind(info.Mode())))
+			refused = append(refused, fmt.Sprintf("%s: %s, not a regular file", path, readfile.Kind(info.Mode())))
 			return true
 		}
 		if total += info.Size(); total > maxPolicySize {
@@ -227,16 +229,11 @@ const maxRevisionLen = 256
 const maxPolicySize = 64 << 20
 
 func (s Source) loadBundle() (*snapshot, error) {
-	info, err := os.Stat(s.Path)
+	// A regular file of bounded size: a FIFO or /dev/zero named as the
+	// bundle would hang or exhaust every later reload.
+	raw, err := readfile.Regular(s.Path, maxPolicySize)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
-	}
-	if info.Size() > maxPolicySize {
-		return nil, fmt.Errorf("%w: bundle %s is larger than %d bytes", ErrLoad, s.Path, maxPolicySize)
-	}
-	raw, err := os.ReadFile(s.Path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
+		return nil, fmt.Errorf("%w: bundle: %v", ErrLoad, err)
 	}
 	if err := checkUncompressed(raw, maxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: bundle %s: %v", ErrLoad, s.Path, err)
@@ -282,19 +279,6 @@ func (s Source) loadBundle() (*snapshot, error) {
 		snap.revision = r
 	}
 	return snap, nil
-}
-
-// fileKind names a file type that is not a regular file.
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "a special file"
 }
 
 // checkUncompressed streams the gzip stream raw through the decompressor,

@@ -411,6 +411,38 @@ func TestPolicyDirRefusesSpecialFiles(t *testing.T) {
 	}
 }
 
+// The same for a bundle: a policy path naming a FIFO used to block the
+// load (os.ReadFile waits for a writer), a device to be read without end.
+func TestPolicyBundleRefusesSpecialFiles(t *testing.T) {
+	for name, mk := range map[string]func(string) error{
+		"device":     func(path string) error { return os.Symlink("/dev/zero", path) },
+		"named pipe": func(path string) error { return syscall.Mkfifo(path, 0o644) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.tar.gz")
+			if err := mk(path); err != nil {
+				t.Skip(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				e, err := policy.New(ctx, policy.Options{Source: policy.Source{Path: path}})
+				if e != nil {
+					e.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, policy.ErrLoad) || !strings.Contains(err.Error(), "policy.tar.gz: a "+name) {
+					t.Errorf("load: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the load did not end")
+			}
+		})
+	}
+}
+
 // The files of a policy directory are bounded together like a bundle; a
 // reload past the bound keeps the running version.
 func TestPolicyDirSizeBounded(t *testing.T) {
