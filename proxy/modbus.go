@@ -695,14 +695,11 @@ func (m *mbConn) readResponses(up net.Conn) {
 			trusted = rr.take(adu)
 		}
 		if !trusted {
-			// Retire the connection before the client hears the
-			// answers: a request it sends next must go out on a new
-			// connection, not on this one.
-			m.mu.Lock()
-			if m.up == up {
-				m.up = nil
-			}
-			m.mu.Unlock()
+			// The device's framing cannot be trusted any more: drop its
+			// connection, as a client's would be, before the client hears
+			// the answers of this read, so that a request it sends next
+			// dials again instead of going out on this connection.
+			m.upstreamFailed(up, modbus.ExGatewayTargetFailedToRespond)
 		}
 		if len(rr.out) > 0 {
 			if err := c.writeClient(rr.out); err != nil {
@@ -712,10 +709,6 @@ func (m *mbConn) readResponses(up net.Conn) {
 		}
 		m.release(rr.answered)
 		if !trusted {
-			// The device's framing cannot be trusted any more: drop its
-			// connection, as a client's would be; the next request dials
-			// again.
-			m.upstreamFailed(up, modbus.ExGatewayTargetFailedToRespond)
 			return
 		}
 	}
