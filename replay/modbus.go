@@ -167,21 +167,15 @@ func (m *mbDecoder) framingError(dir capture.Dir, b []byte, off int64, ts time.T
 		m.skipped(dir, b, off, ts, modbus.ReasonOf(err))
 		return
 	}
-	f := m.s.f
-	if dir == capture.ClientToServer && !h.framed && off == 0 && !f.MidStream {
-		// The very first client bytes: the flow does not speak Modbus.
-		f.NotProtocol = true
-	} else if f.NotProtocol {
-		// The server's answer to whatever the client spoke: not Modbus
-		// either, and already reported with the flow.
+	if !m.s.malformed(h.framed, Problem{
+		Dir: dir, Offset: off, Time: ts,
+		Reason: modbus.ReasonOf(err), Detail: err.Error(), Bytes: problemBytes(b), Length: len(b),
+		Framed: framed,
+	}) {
 		h.dead = true
 		return
 	}
-	m.s.p.sink.problem(&Problem{
-		Kind: ProblemMalformed, Flow: f, Dir: dir, Offset: off, Time: ts,
-		Reason: modbus.ReasonOf(err), Detail: err.Error(), Bytes: problemBytes(b), Length: len(b),
-		Framed: framed,
-	})
+	f := m.s.f
 	h.buf = h.buf[:0]
 	h.malformed++
 	if f.NotProtocol || h.malformed >= maxMalformed {

@@ -377,17 +377,14 @@ func (u *uaDecoder) malformed(dir capture.Dir, b []byte, off int64, ts time.Time
 		u.skipped(dir, b, off, ts, string(opcua.CodeOf(err)))
 		return
 	}
-	f := u.s.f
-	if dir == capture.ClientToServer && !h.framed && off == 0 && !f.MidStream {
-		f.NotProtocol = true
-	} else if f.NotProtocol {
+	if !u.s.malformed(h.framed, Problem{
+		Dir: dir, Offset: off, Time: ts,
+		Reason: string(opcua.CodeOf(err)), Detail: err.Error(), Bytes: problemBytes(b), Length: len(b),
+	}) {
 		h.dead = true
 		return
 	}
-	u.s.p.sink.problem(&Problem{
-		Kind: ProblemMalformed, Flow: f, Dir: dir, Offset: off, Time: ts,
-		Reason: string(opcua.CodeOf(err)), Detail: err.Error(), Bytes: problemBytes(b), Length: len(b),
-	})
+	f := u.s.f
 	h.malformed++
 	if f.NotProtocol || h.malformed >= maxMalformed {
 		for i := range u.dirs {

@@ -323,6 +323,25 @@ func (p *pipeline) NewStream(cf capture.Flow) capture.Stream {
 
 // stream is one flow's capture.Stream: it picks the decoder and keeps the
 // stream offsets.
+// malformed reports p, a frame of direction p.Dir that broke the flow's
+// protocol, as a ProblemMalformed of the flow; framed tells whether that
+// direction framed anything before. When the very first client bytes of a
+// flow seen from its start do not frame, the flow does not speak the
+// protocol at all: it is marked NotProtocol (reported once, with the flow)
+// and p is reported; the server's answer to such a flow is not reported
+// again: false.
+func (s *stream) malformed(framed bool, p Problem) bool {
+	f := s.f
+	if p.Dir == capture.ClientToServer && !framed && p.Offset == 0 && !f.MidStream {
+		f.NotProtocol = true
+	} else if f.NotProtocol {
+		return false
+	}
+	p.Kind, p.Flow = ProblemMalformed, f
+	s.p.sink.problem(&p)
+	return true
+}
+
 type stream struct {
 	p   *pipeline
 	f   *Flow
