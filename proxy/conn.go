@@ -227,7 +227,7 @@ func (c *Conn) record(ev *audit.Event) error {
 // returns at once and the event follows within the recorder's bound.
 // Anything else, writes above all, waits for its event's write.
 func (c *Conn) recordAllowed(ev *audit.Event) error {
-	if ev.Allowed && ev.Op != nil && ev.Op.Access == inspect.AccessRead {
+	if mayGoFirst(ev) {
 		c.stamp(ev)
 		evs, errs := [1]*audit.Event{ev}, [1]error{}
 		if audit.Enqueue(c.l.opts.Recorder, evs[:], errs[:]) {
@@ -238,6 +238,13 @@ func (c *Conn) recordAllowed(ev *audit.Event) error {
 		}
 	}
 	return c.record(ev)
+}
+
+// mayGoFirst reports whether the operation of ev may be forwarded before ev
+// is written (audit.read_delay): an allowed read. Writes, every other
+// operation and denials (monitor mode's forwarded reads included) wait.
+func mayGoFirst(ev *audit.Event) bool {
+	return ev.Allowed && ev.Op != nil && ev.Op.Access == inspect.AccessRead
 }
 
 // stamp fills the fields every event of this connection shares.

@@ -500,7 +500,7 @@ func (m *mbConn) flush() bool {
 // for its events, as the durability rule requires for writes.
 func (m *mbConn) readsOnly() bool {
 	for i := range m.burst {
-		if r := &m.burst[i]; !r.forward || r.op.Access != inspect.AccessRead {
+		if r := &m.burst[i]; !r.forward || !mayGoFirst(&r.ev) {
 			return false
 		}
 	}
