@@ -61,7 +61,8 @@ const (
 // ServerTLS is the TLS side of one listener: the server certificate, the
 // client CA bundle and the CRL, swapped atomically on reload. Every
 // handshake takes one consistent version through GetConfigForClient;
-// established connections keep the version they were verified with.
+// established connections are rechecked when the client CA bundle or the
+// CRL changes (OnTrustChange, Recheck).
 type ServerTLS struct {
 	cfg        config.TLS
 	minVersion uint16
@@ -75,6 +76,12 @@ type ServerTLS struct {
 	mu      sync.Mutex // serializes reloads
 	lastErr string     // of the last reload, guarded by mu
 	cur     atomic.Pointer[serverState]
+
+	// trustGen counts the reloads that swapped in a new client CA bundle
+	// or CRL; onTrust are called after each (OnTrustChange).
+	trustGen atomic.Uint64
+	hooksMu  sync.Mutex
+	onTrust  []func()
 
 	base    *tls.Config
 	watcher *watcher
@@ -179,7 +186,7 @@ func (s *ServerTLS) Config() *tls.Config { return s.base }
 // Reload rereads the certificate, key, client CA bundle and CRL (on SIGHUP;
 // file changes trigger it too). Each piece that fails to load keeps its
 // previous version and the error says why; the pieces that load are swapped
-// in. Established connections are not touched.
+// in. Established connections are left to the OnTrustChange callbacks.
 func (s *ServerTLS) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -187,6 +194,15 @@ func (s *ServerTLS) Reload() error {
 	st, changed, err := s.load(old)
 	if st != nil && len(changed) > 0 {
 		s.cur.Store(st)
+		if slices.Contains(changed, MaterialClientCA) || slices.Contains(changed, MaterialCRL) {
+			s.trustGen.Add(1)
+			s.hooksMu.Lock()
+			hooks := slices.Clone(s.onTrust)
+			s.hooksMu.Unlock()
+			for _, f := range hooks {
+				f()
+			}
+		}
 	}
 	// A bad file is reported once, not at every file event or SIGHUP
 	// until it is fixed; the error is still returned every time.
@@ -207,6 +223,36 @@ func (s *ServerTLS) Reload() error {
 		}
 	}
 	return err
+}
+
+// OnTrustChange registers f to be called after every reload that swapped in
+// a new client CA bundle or CRL, before Reload returns (and before the
+// OnReload callback), so that whoever holds established connections can
+// Recheck them: a revocation cuts the connections of that certificate.
+// f must not call Reload.
+func (s *ServerTLS) OnTrustChange(f func()) {
+	s.hooksMu.Lock()
+	s.onTrust = append(s.onTrust, f)
+	s.hooksMu.Unlock()
+}
+
+// TrustGeneration counts the reloads that changed the client CA bundle or
+// the CRL. A connection whose handshake began under an older generation
+// than the one current once it is registered must be rechecked: the
+// OnTrustChange call may have missed it.
+func (s *ServerTLS) TrustGeneration() uint64 { return s.trustGen.Load() }
+
+// Recheck verifies a chain that a client presented in a handshake made at
+// `at` against the current client CA bundle and CRL, with validity periods
+// and the CRL's next update judged at `at`: what fails is what a reload
+// withdrew (a revocation, a CA taken out of the bundle, an issuer whose CRL
+// is no longer in crl_file), not the passing of time. nil: still trusted;
+// else a *HandshakeError with its Reason.
+func (s *ServerTLS) Recheck(chain []*x509.Certificate, at time.Time) error {
+	if he := s.cur.Load().verifier.verifyAt(chain, at); he != nil {
+		return he
+	}
+	return nil
 }
 
 // Close stops the file watcher and the step-ca renewal it started.

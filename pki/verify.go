@@ -250,10 +250,15 @@ func newClientVerifier(cas []*x509.Certificate, crls []*x509.RevocationList, che
 	return v, nil
 }
 
-// verify checks a client's presented chain and returns nil or a
+// verify checks a client's presented chain now and returns nil or a
 // *HandshakeError. certs[0] is the leaf, the rest are what the client sent
 // as intermediates (untrusted).
 func (v *clientVerifier) verify(certs []*x509.Certificate) *HandshakeError {
+	return v.verifyAt(certs, v.now())
+}
+
+// verifyAt is verify with validity periods and CRL freshness judged at now.
+func (v *clientVerifier) verifyAt(certs []*x509.Certificate, now time.Time) *HandshakeError {
 	if len(certs) == 0 {
 		return &HandshakeError{Reason: ReasonNoClientCert, Err: errors.New("a client certificate is required")}
 	}
@@ -279,7 +284,6 @@ func (v *clientVerifier) verify(certs []*x509.Certificate) *HandshakeError {
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	now := v.now()
 	opts := x509.VerifyOptions{
 		Roots:         v.roots,
 		Intermediates: inter,

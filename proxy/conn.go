@@ -30,6 +30,11 @@ type Conn struct {
 	identity   *pki.Identity
 	tlsVersion string
 	start      time.Time
+	// verified is when the client certificate was verified, trustGen the
+	// pki.ServerTLS trust generation its handshake began under
+	// (Listener.recheckClients).
+	verified time.Time
+	trustGen uint64
 
 	drainCh   chan struct{}
 	drainOnce sync.Once

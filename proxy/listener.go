@@ -84,6 +84,7 @@ func New(opts Options) (*Listener, error) {
 		return nil, fmt.Errorf("proxy: listener %s: set ServerTLS or TLS, not both", cfg.Name)
 	case opts.ServerTLS != nil:
 		l.tls, l.verifiedByPKI = opts.ServerTLS.Config(), true
+		opts.ServerTLS.OnTrustChange(l.recheckClients)
 		if l.opts.HandshakeReason == nil {
 			l.opts.HandshakeReason = pkiHandshakeReason
 		}
@@ -298,7 +299,64 @@ func (l *Listener) open(c *Conn, raw net.Conn) bool {
 	l.metrics.accepted.Inc()
 	l.metrics.conns.Inc()
 	c.record(&audit.Event{Action: audit.ActionConnectionOpen, Outcome: audit.OutcomeSuccess})
+	if st := l.opts.ServerTLS; st != nil && st.TrustGeneration() != c.trustGen {
+		// The client CA bundle or the CRL changed during the handshake,
+		// which may have used the old material; recheckClients may have
+		// run before the connection was registered.
+		l.recheck([]*Conn{c})
+	}
 	return true
+}
+
+// recheckClients runs after a reload changed the client CA bundle or the
+// CRL (pki.ServerTLS.OnTrustChange): every established connection whose
+// certificate the new material refuses — revoked, or its CA no longer
+// trusted — is closed. A connection is only as trusted as a new handshake
+// with the same certificate, made when it was verified, would be now.
+func (l *Listener) recheckClients() {
+	l.mu.Lock()
+	conns := make([]*Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	l.recheck(conns)
+}
+
+func (l *Listener) recheck(conns []*Conn) {
+	st := l.opts.ServerTLS
+	// Many connections share a certificate: verify each chain once.
+	seen := make(map[string]error)
+	for _, c := range conns {
+		tc, ok := c.client.(*tls.Conn)
+		if !ok {
+			continue
+		}
+		chain := tc.ConnectionState().PeerCertificates
+		if len(chain) == 0 {
+			continue
+		}
+		// Every connection of a chain was verified within the chain's
+		// validity and before the new CRL's next update: one of their
+		// verification times judges them all.
+		var key []byte
+		for _, cert := range chain {
+			key = append(key, cert.Raw...)
+		}
+		err, ok := seen[string(key)]
+		if !ok {
+			err = st.Recheck(chain, c.verified)
+			seen[string(key)] = err
+		}
+		if err == nil {
+			continue
+		}
+		reason := "client certificate no longer trusted after a TLS reload: " + l.opts.HandshakeReason(err)
+		l.log.Warn("closing a connection whose client certificate the reloaded material refuses",
+			zap.Uint64("connection_id", c.id), zap.Stringer("client", c.src), zap.Error(err))
+		l.metrics.refused("recheck")
+		c.reset(reason)
+	}
 }
 
 // refuse closes a connection over a limit; the audit event lets the SOC see
@@ -319,7 +377,10 @@ func (l *Listener) refuse(raw net.Conn, src netip.AddrPort, reason string) {
 // verified identity. Nothing is dialed before it succeeds.
 func (l *Listener) handshake(c *Conn, raw net.Conn) bool {
 	var verr error
-	tc := tls.Server(raw, keepVerifyError(l.tls, &verr))
+	if st := l.opts.ServerTLS; st != nil {
+		c.trustGen = st.TrustGeneration()
+	}
+	tc := tls.Server(raw, keepVerifyError(l.tls, &verr, &c.verified))
 	ctx, cancel := context.WithTimeout(l.hsCtx, l.cfg.Timeouts.Handshake.D())
 	defer cancel()
 	fail := func(reason string, err error) bool {
@@ -415,9 +476,10 @@ func resetClose(c net.Conn) {
 
 // keepVerifyError returns a configuration that serves as cfg does and
 // stores in *verr the error with which cfg's VerifyConnection refused the
-// client (the handshake goroutine writes it, the same goroutine reads it
-// after the handshake). cfg as it is when there is nothing to wrap.
-func keepVerifyError(cfg *tls.Config, verr *error) *tls.Config {
+// client and in *at when it verified the certificate (the handshake
+// goroutine writes them, the same goroutine reads them after the
+// handshake). cfg as it is when there is nothing to wrap.
+func keepVerifyError(cfg *tls.Config, verr *error, at *time.Time) *tls.Config {
 	wrap := func(c *tls.Config) *tls.Config {
 		if c == nil || c.VerifyConnection == nil {
 			return c
@@ -425,6 +487,7 @@ func keepVerifyError(cfg *tls.Config, verr *error) *tls.Config {
 		w := c.Clone()
 		verify := c.VerifyConnection
 		w.VerifyConnection = func(cs tls.ConnectionState) error {
+			*at = time.Now()
 			err := verify(cs)
 			if err != nil {
 				*verr = err

@@ -30,7 +30,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"listener"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "conduit", Name: "connections_refused_total",
-			Help: "Client connections refused, by reason (limit, handshake).",
+			Help: "Client connections refused, by reason (limit, handshake, recheck: cut after a TLS reload withdrew trust in the certificate).",
 		}, []string{"listener", "reason"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "conduit", Name: "decisions_total",

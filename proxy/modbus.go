@@ -201,6 +201,12 @@ func (m *mbConn) readRequests() string {
 		if err != nil {
 			return m.readError(err)
 		}
+		if r := c.closedReason(); r != "" {
+			// Closed by another goroutine (a TLS reload that withdrew
+			// the certificate, the lifetime limit): what crypto/tls had
+			// buffered before the close is not decided.
+			return r
+		}
 		m.burst = m.burst[:0]
 		more := m.take(adu)
 		for more && len(m.burst) < maxBurst && m.whole() {

@@ -190,6 +190,9 @@ func (u *uaConn) readRequests() string {
 		if err != nil {
 			return u.readError(err)
 		}
+		if r := c.closedReason(); r != "" {
+			return r // closed by another goroutine: see the Modbus reader
+		}
 		u.chMu.Lock()
 		msg, err := u.ch.Feed(opcua.ClientToServer, chunk)
 		maxChunk := u.ch.MaxChunkSize(opcua.ClientToServer)

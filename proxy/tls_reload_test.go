@@ -18,6 +18,7 @@ import (
 // poller reads holding register 10 over one established connection every
 // interval until stop, counting answers and failures.
 type poller struct {
+	client     *mb.ModbusClient
 	ok, failed atomic.Int64
 	mu         sync.Mutex
 	errs       []error
@@ -26,7 +27,7 @@ type poller struct {
 }
 
 func startPoller(c *mb.ModbusClient, interval time.Duration, want uint16) *poller {
-	p := &poller{stop: make(chan struct{}), done: make(chan struct{})}
+	p := &poller{client: c, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		tick := time.NewTicker(interval)
@@ -141,11 +142,10 @@ func TestTLSReloadUnderTraffic(t *testing.T) {
 	}
 	pause()
 
-	// 3. Revocations: only the file watch reloads the CRL.
-	for _, is := range []*pki.Issued{other, pollCert} {
-		if _, err := ca.Revoke(is.Entry.Serial, "key-compromise"); err != nil {
-			t.Fatal(err)
-		}
+	// 3. A revocation of another certificate: only the file watch
+	// reloads the CRL; the poller's connection goes on.
+	if _, err := ca.Revoke(other.Entry.Serial, "key-compromise"); err != nil {
+		t.Fatal(err)
 	}
 	lt.setCRLs(t, ca, ca2)
 	waitFor(t, "the watched CRL to refuse the revoked client", func() bool {
@@ -159,8 +159,16 @@ func TestTLSReloadUnderTraffic(t *testing.T) {
 		t.Fatalf("only %d polls succeeded", polls)
 	}
 
-	// The poller's certificate is revoked too: its established connection
-	// lived on (docs/pki.md), its next one is refused.
+	// 4. The poller's certificate is revoked: its established connection
+	// is cut (TestTLSReloadCutsConnectionsOfWithdrawnCertificates has the
+	// details), its next one is refused.
+	if _, err := ca.Revoke(pollCert.Entry.Serial, "key-compromise"); err != nil {
+		t.Fatal(err)
+	}
+	lt.setCRLs(t, ca, ca2)
+	waitFor(t, "the watched CRL to cut the poller's connection", func() bool {
+		return readOnce(pl.client) != nil
+	})
 	kp := keyPair(t, pollCert)
 	fresh, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp+tls://" + p.addr(), Timeout: 2 * time.Second, TLSClientCert: &kp, TLSRootCAs: certPool(ca)})
 	if err != nil {

@@ -439,8 +439,9 @@ func tlsRefused(t *testing.T, addr string, cfg *tls.Config) bool {
 // CA bundle and the CRL (a revocation made with `conduit pki revoke`) are
 // replaced on disk, each followed by SIGHUP. No poll fails; new
 // connections get the new certificate; a client of the newly trusted CA
-// gets in; the revoked client is refused on its next connection; the
-// audit file records every reload and the refusal with its reason.
+// gets in; the revoked client's established connection is cut and its
+// next connection refused; the audit file records every reload, the cut
+// and the refusal with their reasons.
 func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 	bin := conduitBinary(t)
 	s := newTLSSite(t, "plc-mbaps")
@@ -508,6 +509,12 @@ func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 		t.Fatal("a client of the newly trusted CA was refused after SIGHUP")
 	}
 
+	// The doomed certificate also holds a connection open across its
+	// revocation: the reload cuts it.
+	held := s.mbapsClient(t, addr, doomed)
+	if _, err := held.ReadRegister(10, mb.HOLDING_REGISTER); err != nil {
+		t.Fatalf("the doomed client's connection before the revocation: %v", err)
+	}
 	out, err := exec.Command(bin, "pki", "revoke", doomed.Entry.Serial, "--reason", "key-compromise", "--dir", s.ca.Dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("conduit pki revoke: %v\n%s", err, out)
@@ -516,6 +523,9 @@ func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 	hup()
 	if !tlsRefused(t, addr, probe) {
 		t.Fatal("the revoked client made a new connection after SIGHUP")
+	}
+	if v, err := held.ReadRegister(10, mb.HOLDING_REGISTER); err == nil {
+		t.Fatalf("the revoked client's established connection still answers (%d)", v)
 	}
 	// The client hears the alert before Conduit has logged and audited
 	// the refusal; stopping Conduit in between would cancel the
@@ -564,6 +574,19 @@ func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 	}
 	if revokedRefusals != 1 {
 		t.Errorf("%d revoked refusals of %s in %q, want 1", revokedRefusals, doomed.Entry.Serial, reasons)
+	}
+	cut := 0
+	for _, r := range audittest.Filter(recs, "connection-close") {
+		reason := r.String("event.reason")
+		if strings.HasPrefix(reason, "client certificate no longer trusted after a TLS reload: revoked: ") {
+			cut++
+			if !strings.Contains(reason, doomed.Entry.Serial) || !slices.Equal(r.Strings("tls.client.x509.subject.common_name"), []string{"laptop"}) {
+				t.Errorf("a connection cut by the revocation that is not the doomed client's: %s", reason)
+			}
+		}
+	}
+	if cut != 1 {
+		t.Errorf("%d connections cut by the revocation, want 1 (the doomed client's)", cut)
 	}
 	for _, want := range []string{"unknown_ca: ", "no_client_cert: "} {
 		if !slices.ContainsFunc(reasons, func(r string) bool { return strings.HasPrefix(r, want) }) {
