@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -333,6 +335,63 @@ func TestReopenSameFileTornTail(t *testing.T) {
 	for _, i := range []int{0, 2, 3} {
 		if _, err := audittest.ParseLine(lines[i]); err != nil {
 			t.Errorf("line %d: %v", i+1, err)
+		}
+	}
+}
+
+// brokenWriter fails every write, as standard output does once its reader
+// is gone.
+type brokenWriter struct{}
+
+func (brokenWriter) Write([]byte) (int, error) { return 0, syscall.EPIPE }
+
+// A tee whose copy fails after the file write succeeded: the caller is
+// told recording failed (and refuses the operations), and the file, which
+// says "allowed" of them, gets an audit-write-failure event naming their
+// sequence numbers — for one event and for a batch.
+func TestMultiReportsWhatALaterRecorderFailed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	file, err := audit.OpenFile(path, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := audit.Multi(file, audit.NewWriter(brokenWriter{}, audit.Options{}))
+	if err := m.Record(modbusWrite()); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("Record = %v, want the copy's broken pipe", err)
+	}
+	evs := []*audit.Event{modbusWrite(), modbusWrite(), modbusWrite()}
+	errs := make([]error, len(evs))
+	m.(audit.BatchRecorder).RecordBatch(evs, errs)
+	for i, err := range errs {
+		if !errors.Is(err, syscall.EPIPE) {
+			t.Errorf("batch event %d: %v", i, err)
+		}
+	}
+	if err := file.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := audittest.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := audittest.CheckSequence(recs); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Action())
+	}
+	want := []string{"request", "audit-write-failure", "request", "request", "request", "audit-write-failure"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("file holds %v, want %v", got, want)
+	}
+	for i, span := range map[int]string{1: "event.sequence 1 of this trail", 5: "event.sequence 3..5 of this trail"} {
+		r := recs[i]
+		if reason := r.String("event.reason"); !strings.HasPrefix(reason, span) || !strings.Contains(reason, "refused") || !strings.Contains(reason, "broken pipe") {
+			t.Errorf("notice %d: reason %q, want it to start with %q, say refused and why", r.Seq(), reason, span)
+		}
+		if r.String("event.outcome") != "failure" {
+			t.Errorf("notice %d: outcome %s", r.Seq(), r.String("event.outcome"))
 		}
 	}
 }

@@ -770,3 +770,71 @@ func TestBinarySIGHUPDuringStartup(t *testing.T) {
 		t.Fatalf("after the early SIGHUP: %v", err)
 	}
 }
+
+// TestBinaryBrokenStdout: with audit.stdout on, the reader of standard
+// output goes away (a log shipper that died). Go's default is to end the
+// process on the first write to that broken pipe — every connection of
+// the plant with it, and nothing said why. Conduit stays up: the copy
+// cannot be written, so operations are denied (fail closed) and stderr
+// says why; the file trail records the failure.
+func TestBinaryBrokenStdout(t *testing.T) {
+	plc := startPLC(t)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
+	cfg := bytes.Replace(mustRead(t, cfgPath), []byte("\naudit:\n"), []byte("\naudit:\n  stdout: true\n"), 1)
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(conduitBinary(t), "run", "--config", cfgPath)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	cmd.Stdout = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("conduit stderr:\n%s", stderr.String())
+		}
+	})
+	// Read standard output until the listener answers, then stop reading.
+	go io.Copy(io.Discard, r)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stderr.String(), `"msg":"conduit running"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("conduit did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.Close()
+
+	c := modbusClient(t, listen)
+	if _, err := c.ReadRegisters(10, 1, mb.HOLDING_REGISTER); err == nil {
+		t.Fatal("a read was allowed although its event could not be copied to standard output")
+	}
+	select {
+	case err := <-done:
+		done <- err
+		t.Fatalf("conduit ended when standard output broke: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := c.ReadRegisters(10, 1, mb.HOLDING_REGISTER); err == nil {
+		t.Fatal("a second read was allowed")
+	}
+	if !strings.Contains(stderr.String(), "audit write failed") || !strings.Contains(stderr.String(), "broken pipe") {
+		t.Errorf("stderr does not say that the audit copy failed with a broken pipe")
+	}
+	waitAudit(t, auditFile, func(r audittest.Record) bool {
+		return r.String("event.action") == "audit-write-failure" && strings.Contains(r.String("event.reason"), "broken pipe")
+	})
+}

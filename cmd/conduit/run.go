@@ -49,6 +49,14 @@ requests it has in flight (at most --drain), then exit.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			// A write to a broken standard output (audit.stdout's reader
+			// went away) or standard error would end the process, every
+			// connection with it, and say nothing. With SIGPIPE caught
+			// the write fails instead: the audit copy's failure denies
+			// the operations (fail closed) and is logged.
+			pipe := make(chan os.Signal, 1)
+			signal.Notify(pipe, syscall.SIGPIPE)
+			defer signal.Stop(pipe)
 			a, err := startApp(ctx, cfg, appOptions{Log: log})
 			if err != nil {
 				return err
