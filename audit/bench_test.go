@@ -142,3 +142,43 @@ func benchmarkEvents(b *testing.B, fsync bool, goroutines int, maxDelay time.Dur
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(st.EventsPerWrite(), "events/write")
 }
+
+// BenchmarkRecordBatchFile is the audit trail's share of a pipelined burst
+// (harness depth 8): one caller records 8 request events with one
+// RecordBatch, i.e. 8 encodings and one write(2) to the file. ns/op is per
+// event: the least that recording costs one request at depth 8, against
+// which HAProxy's whole per-request cost is set in docs/benchmarks.md.
+func BenchmarkRecordBatchFile(b *testing.B) {
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "audit.jsonl")
+			s, err := audit.OpenFile(path, audit.Options{Observer: testObserver})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			evs := make([]*audit.Event, n)
+			for i := range evs {
+				evs[i] = modbusWrite()
+			}
+			errs := make([]error, n)
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				ev := evs[i%n]
+				ev.Time = time.Time{}
+				if i%n != n-1 {
+					continue
+				}
+				for _, ev := range evs {
+					ev.Time = time.Time{}
+				}
+				s.RecordBatch(evs, errs)
+				for _, err := range errs {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,9 @@
 package audit
 
-import "io"
+import (
+	"io"
+	"time"
+)
 
 // SetFileFaults puts fault injectors in front of a file sink's current
 // file: wrap replaces its writer, sync its fdatasync (given the real one).
@@ -31,3 +34,17 @@ func CachedBases(e *Encoder) int64 { return e.nbases.Load() }
 
 // SinkEncoder is the encoder of a sink.
 func SinkEncoder(s *Sink) *Encoder { return s.enc }
+
+// SetUnlinkCheck sets how often a file sink's current file is checked for
+// deletion; ExpireUnlinkCheck makes its next batch check.
+func SetUnlinkCheck(s *Sink, every time.Duration) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.t.(*fileTarget).checkEvery = every
+}
+
+func ExpireUnlinkCheck(s *Sink) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.t.(*fileTarget).checked = time.Time{}
+}

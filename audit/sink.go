@@ -490,9 +490,10 @@ func (s *Sink) write(b *batch) {
 			s.writing = false
 			s.idle.Broadcast()
 		default:
-			if next.events == 0 && s.lost != nil {
-				// No caller of next will add the notice (record does):
-				// the loss is reported with the deferred events.
+			if s.lost != nil {
+				// The loss rides with the next batch: its callers
+				// appended their events before this one failed, and
+				// a batch of deferred events alone has no caller.
 				s.appendNoticeLocked(next)
 			}
 			s.cur = s.newBatchLocked()
@@ -607,19 +608,45 @@ func (s *Sink) commitFailed(b *batch, op string, n, size int, err error) error {
 
 // replaceUnlinkedLocked creates the file again when it was deleted under
 // the sink (rm, a cleanup job): events written to a file without a name
-// are gone when it is closed, although every write succeeds. The new file
-// continues the sequence, as after Reopen; if it cannot be created, the
-// batch fails (its callers deny). s.wmu is held.
+// are gone when it is closed, although every write succeeds. The events
+// written since the file was last seen with its name are copied into the
+// new file, which then continues the sequence, as after Reopen. If the new
+// file cannot be created or the copy fails, the batch fails (its callers
+// deny) and the next one tries again. s.wmu is held.
 func (s *Sink) replaceUnlinkedLocked() error {
-	u, ok := s.t.(interface{ Unlinked() bool })
-	if !ok || s.reopen == nil || !u.Unlinked() {
+	u, ok := s.t.(interface {
+		Unlinked(time.Time) ([]byte, bool, error)
+	})
+	if !ok || s.reopen == nil {
 		return nil
+	}
+	since, gone, err := u.Unlinked(time.Now())
+	if !gone {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("the file was deleted; reading back its last events: %w", err)
 	}
 	t, err := s.reopen()
 	if err != nil {
 		return fmt.Errorf("the file was deleted and cannot be created again: %w", err)
 	}
 	torn, err := t.EndsTorn()
+	if err == nil && len(since) > 0 {
+		data := since
+		if torn {
+			data = append([]byte{'\n'}, since...)
+		}
+		var n int
+		n, err = t.Write(data)
+		if err == nil && n < len(data) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			_ = t.Rollback(n)
+		}
+		torn = s.torn // the copy ends as the old file did
+	}
 	if err != nil {
 		_ = t.Close()
 		return fmt.Errorf("the file was deleted and cannot be created again: %w", err)

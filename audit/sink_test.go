@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -621,9 +622,11 @@ func TestResumeSequence(t *testing.T) {
 
 // The audit file deleted under a running sink (rm, a cleanup job): every
 // write to the unlinked file succeeded, so traffic went on while its events
-// went to a file nobody could read and that vanished at close. The next
-// batch now creates the file again, continuing the sequence; if it cannot
-// be created (a file stands where its directory was), the batch fails.
+// went to a file nobody could read and that vanished at close. A batch now
+// checks the link count (at most every 50 ms), creates the file again and
+// copies into it what was written since the last check found the file
+// linked, so the sequence continues without a gap; if the file cannot be
+// created (a file stands where its directory was), the batch fails.
 func TestFileDeletedUnderSink(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the link count is read on Linux")
@@ -635,34 +638,69 @@ func TestFileDeletedUnderSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for i := 0; i < 3; i++ {
-		if err := s.Record(modbusWrite()); err != nil {
-			t.Fatal(err)
+	audit.SetUnlinkCheck(s, time.Hour) // checks only when the test says
+	record := func(want uint64) {
+		t.Helper()
+		ev := modbusWrite()
+		if err := s.Record(ev); err != nil || ev.Seq != want {
+			t.Fatalf("event %d: seq %d, %v", want, ev.Seq, err)
 		}
 	}
+	for i := uint64(1); i <= 3; i++ {
+		record(i)
+	}
+	audit.ExpireUnlinkCheck(s)
+	record(4) // checked before it: linked, with events 1-3
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	ev := modbusWrite()
-	if err := s.Record(ev); err != nil {
-		t.Fatal(err)
+	record(5) // not checked: to the file without a name
+	record(6)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the file is back before a check: %v", err)
 	}
+	audit.ExpireUnlinkCheck(s)
+	record(7)
 	recs := readFile(t, path)
-	if len(recs) != 1 || recs[0].Seq() != 4 || ev.Seq != 4 {
-		t.Fatalf("after the deletion the file holds %d events (want the 4th alone)", len(recs))
+	var seqs []uint64
+	for _, r := range recs {
+		seqs = append(seqs, r.Seq())
+	}
+	if !slices.Equal(seqs, []uint64{4, 5, 6, 7}) {
+		t.Fatalf("after the deletion the file holds events %v, want 4-7 (those written since the last check, and the new one)", seqs)
 	}
 	assertMode(t, path, 0o600)
 
 	// Deleted again, and its directory replaced by a file: nowhere to
-	// write, so the event fails and its caller denies.
+	// write, so the event fails and its caller denies; so does the next.
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Record(modbusWrite()); err == nil || !strings.Contains(err.Error(), "deleted") {
-		t.Fatalf("Record with the file deleted and no way to create it: %v", err)
+	audit.ExpireUnlinkCheck(s)
+	for range 2 {
+		if err := s.Record(modbusWrite()); err == nil || !strings.Contains(err.Error(), "deleted") {
+			t.Fatalf("Record with the file deleted and no way to create it: %v", err)
+		}
+	}
+	// The directory is back: the next batch creates the file, with the
+	// events of the file without a name since its last check (7) first.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	ev := modbusWrite()
+	if err := s.Record(ev); err != nil {
+		t.Fatal(err)
+	}
+	recs = readFile(t, path)
+	seqs = seqs[:0]
+	for _, r := range recs {
+		seqs = append(seqs, r.Seq())
+	}
+	if len(seqs) < 2 || seqs[0] > 7 || seqs[len(seqs)-1] != ev.Seq {
+		t.Fatalf("the recreated file holds events %v", seqs)
 	}
 }
 

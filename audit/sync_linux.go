@@ -29,17 +29,18 @@ func fdatasync(f *os.File) error {
 	return nil
 }
 
-// unlinked reports whether f's file has no name left (deleted while open).
-// An error is "no": the write that follows reports it.
-func unlinked(f *os.File) bool {
+// linkCount returns the link count and size of f's file (a link count of 0:
+// deleted while open). ok false: it could not be read; the write that
+// follows reports what is wrong.
+func linkCount(f *os.File) (nlink uint64, size int64, ok bool) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return false
+		return 0, 0, false
 	}
 	var st syscall.Stat_t
 	var serr error
 	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil || serr != nil {
-		return false
+		return 0, 0, false
 	}
-	return st.Nlink == 0
+	return uint64(st.Nlink), st.Size, true
 }

@@ -7,5 +7,6 @@ import "os"
 // fdatasync falls back to fsync where fdatasync(2) is not available.
 func fdatasync(f *os.File) error { return f.Sync() }
 
-// unlinked is not detected where the link count is not read portably.
-func unlinked(*os.File) bool { return false }
+// linkCount is not read where it is not portable: a deleted file is not
+// detected.
+func linkCount(*os.File) (nlink uint64, size int64, ok bool) { return 0, 0, false }
