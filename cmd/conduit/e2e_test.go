@@ -188,6 +188,44 @@ func setPolicyOption(t *testing.T, cfgPath, line string) {
 	}
 }
 
+// setAuditOption adds line (e.g. "stdout: true") to the audit section of
+// the configuration writeConfig wrote.
+func setAuditOption(t *testing.T, cfgPath, line string) {
+	t.Helper()
+	cfg := mustRead(t, cfgPath)
+	if !bytes.Contains(cfg, []byte("\naudit:\n")) {
+		t.Fatalf("%s has no audit section", cfgPath)
+	}
+	cfg = bytes.Replace(cfg, []byte("\naudit:\n"), []byte("\naudit:\n  "+line+"\n"), 1)
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startRun starts `conduit run --config cfgPath` without waiting for it
+// (startConduit waits until it listens), standard output to stdout (nil:
+// discarded), and kills it at the end of the test. done receives its exit.
+func startRun(t *testing.T, cfgPath string, stdout io.Writer) (cmd *exec.Cmd, stderr *syncBuffer, done chan error) {
+	t.Helper()
+	cmd = exec.Command(conduitBinary(t), "run", "--config", cfgPath)
+	stderr = &syncBuffer{}
+	cmd.Stderr = stderr
+	cmd.Stdout = stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("conduit stderr:\n%s", stderr.String())
+		}
+	})
+	return cmd, stderr, done
+}
+
 // startPLC starts a simulated PLC for the test's lifetime.
 func startPLC(t *testing.T) *sim.PLC {
 	t.Helper()
@@ -677,10 +715,7 @@ func TestBinaryReadDelay(t *testing.T) {
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
-	cfg := bytes.Replace(mustRead(t, cfgPath), []byte("\naudit:\n"), []byte("\naudit:\n  read_delay: 1s\n"), 1)
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setAuditOption(t, cfgPath, "read_delay: 1s")
 	p := startConduit(t, cfgPath, listen)
 
 	reads := func() int {
@@ -730,21 +765,7 @@ func TestBinarySIGHUPDuringStartup(t *testing.T) {
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, _ := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
-	cmd := exec.Command(conduitBinary(t), "run", "--config", cfgPath)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("conduit stderr:\n%s", stderr.String())
-		}
-	})
+	cmd, stderr, done := startRun(t, cfgPath, nil)
 	waitLog := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -782,31 +803,13 @@ func TestBinaryBrokenStdout(t *testing.T) {
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfgPath, auditFile := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
-	cfg := bytes.Replace(mustRead(t, cfgPath), []byte("\naudit:\n"), []byte("\naudit:\n  stdout: true\n"), 1)
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setAuditOption(t, cfgPath, "stdout: true")
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(conduitBinary(t), "run", "--config", cfgPath)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	cmd.Stdout = w
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	_, stderr, done := startRun(t, cfgPath, w)
 	w.Close()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("conduit stderr:\n%s", stderr.String())
-		}
-	})
 	// Read standard output until the listener answers, then stop reading.
 	go io.Copy(io.Discard, r)
 	deadline := time.Now().Add(20 * time.Second)
