@@ -174,32 +174,29 @@ log:
 	return path, auditFile
 }
 
-// setPolicyOption adds line (e.g. "watch: false") to the policy section of
-// the configuration writeConfig wrote.
-func setPolicyOption(t *testing.T, cfgPath, line string) {
+// setOption adds line (e.g. "watch: false") to the top-level section
+// ("policy", "audit") of the configuration writeConfig wrote.
+func setOption(t *testing.T, cfgPath, section, line string) {
 	t.Helper()
+	head := []byte("\n" + section + ":\n")
 	cfg := mustRead(t, cfgPath)
-	if !bytes.Contains(cfg, []byte("\npolicy:\n")) {
-		t.Fatalf("%s has no policy section", cfgPath)
+	if !bytes.Contains(cfg, head) {
+		t.Fatalf("%s has no %s section", cfgPath, section)
 	}
-	cfg = bytes.Replace(cfg, []byte("\npolicy:\n"), []byte("\npolicy:\n  "+line+"\n"), 1)
+	cfg = bytes.Replace(cfg, head, append(head, "  "+line+"\n"...), 1)
 	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// setAuditOption adds line (e.g. "stdout: true") to the audit section of
-// the configuration writeConfig wrote.
+func setPolicyOption(t *testing.T, cfgPath, line string) {
+	t.Helper()
+	setOption(t, cfgPath, "policy", line)
+}
+
 func setAuditOption(t *testing.T, cfgPath, line string) {
 	t.Helper()
-	cfg := mustRead(t, cfgPath)
-	if !bytes.Contains(cfg, []byte("\naudit:\n")) {
-		t.Fatalf("%s has no audit section", cfgPath)
-	}
-	cfg = bytes.Replace(cfg, []byte("\naudit:\n"), []byte("\naudit:\n  "+line+"\n"), 1)
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setOption(t, cfgPath, "audit", line)
 }
 
 // startRun starts `conduit run --config cfgPath` without waiting for it
