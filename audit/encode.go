@@ -255,7 +255,10 @@ func (e *Encoder) baseOf(st *encState, ev *Event) zapcore.Encoder {
 	// the key determines its content.
 	base := st.lastBase
 	if base == nil || k != st.lastKey {
-		base = e.base(&k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
+		// A copy: base's pointer escapes (to newBaseAside's goroutine),
+		// and k's would make every call allocate, hits included.
+		miss := k
+		base = e.base(&miss, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
 		st.lastKey, st.lastBase = k, base
 	}
 	return base
