@@ -138,10 +138,15 @@ func keyOf(ev *Event) baseKey {
 // the events of a live connection (its opening and its requests) add to the
 // cache: a flood of refused handshakes or stray events, each with a new
 // source port, must not push the live connections out.
-func (e *Encoder) base(k *baseKey, store bool) zapcore.Encoder {
-	if b, ok := e.bases.Load(*k); ok {
+func (e *Encoder) base(key baseKey, store bool) zapcore.Encoder {
+	if b, ok := e.bases.Load(key); ok {
 		return b.(zapcore.Encoder)
 	}
+	// A copy for the miss alone: newBaseAside's goroutine keeps its
+	// address, which would put key on the heap at every call, hits
+	// included.
+	k := new(baseKey)
+	*k = key
 	b := e.newBaseAside(k)
 	if !store {
 		return b
@@ -255,10 +260,7 @@ func (e *Encoder) baseOf(st *encState, ev *Event) zapcore.Encoder {
 	// the key determines its content.
 	base := st.lastBase
 	if base == nil || k != st.lastKey {
-		// A copy: base's pointer escapes (to newBaseAside's goroutine),
-		// and k's would make every call allocate, hits included.
-		miss := k
-		base = e.base(&miss, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
+		base = e.base(k, ev.Action == ActionRequest || ev.Action == ActionConnectionOpen)
 		st.lastKey, st.lastBase = k, base
 	}
 	return base
