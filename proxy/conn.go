@@ -69,7 +69,7 @@ func (c *Conn) draining() bool {
 // close closes both sides; the first reason given is the one audited.
 func (c *Conn) close(reason string) {
 	c.closeOnce.Do(func() {
-		c.reason.Store(&reason)
+		c.reason.CompareAndSwap(nil, &reason)
 		c.client.Close()
 		c.upMu.Lock()
 		if c.upstream != nil {
@@ -86,6 +86,15 @@ func (c *Conn) reset(reason string) {
 		c.tcp.SetLinger(0)
 	}
 	c.close(reason)
+}
+
+// cut ends the connection for reason from another goroutine: its readers
+// decide nothing from now on (closedReason), and the sockets are reset on
+// a goroutine of its own, since closing a TLS connection first sends
+// close_notify, which waits up to 5 s for a client that does not read.
+func (c *Conn) cut(reason string) {
+	c.reason.CompareAndSwap(nil, &reason)
+	go c.reset(reason)
 }
 
 func (c *Conn) closedReason() string {
