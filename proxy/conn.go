@@ -81,20 +81,16 @@ func (c *Conn) close(reason string) {
 
 // reset closes the client connection with a TCP reset (deny action
 // "reset").
+//
+// The TCP socket is closed first: a reset sends no TLS close_notify, which
+// could wait up to 5 s for a client that does not read (crypto/tls's Close).
 func (c *Conn) reset(reason string) {
+	c.reason.CompareAndSwap(nil, &reason)
 	if c.tcp != nil {
 		c.tcp.SetLinger(0)
+		c.tcp.Close()
 	}
 	c.close(reason)
-}
-
-// cut ends the connection for reason from another goroutine: its readers
-// decide nothing from now on (closedReason), and the sockets are reset on
-// a goroutine of its own, since closing a TLS connection first sends
-// close_notify, which waits up to 5 s for a client that does not read.
-func (c *Conn) cut(reason string) {
-	c.reason.CompareAndSwap(nil, &reason)
-	go c.reset(reason)
 }
 
 func (c *Conn) closedReason() string {

@@ -355,7 +355,7 @@ func (l *Listener) recheck(conns []*Conn) {
 		l.log.Warn("closing a connection whose client certificate the reloaded material refuses",
 			zap.Uint64("connection_id", c.id), zap.Stringer("client", c.src), zap.Error(err))
 		l.metrics.refused("recheck")
-		c.cut(reason)
+		c.reset(reason)
 	}
 }
 
