@@ -189,7 +189,9 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		l.mu.Lock()
 		for c := range l.conns {
-			c.close("shutdown deadline")
+			// A reset: a TLS close_notify to each client that does not
+			// read could hold the shutdown 5 s per connection.
+			c.reset("shutdown deadline")
 		}
 		l.mu.Unlock()
 		<-finished

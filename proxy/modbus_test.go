@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -434,4 +436,30 @@ func fakeDevice(t *testing.T, handle func(req []byte, conn net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// Shutdown's deadline: a request the device never answers keeps its
+// connection in the drain; when the deadline passes, what is left is reset
+// (a TLS close_notify could wait seconds per client that does not read),
+// audited with the reason "shutdown deadline", and Shutdown returns.
+func TestShutdownDeadlineResetsWhatIsLeft(t *testing.T) {
+	dev := fakeDevice(t, func(req []byte, conn net.Conn) {}) // never answers
+	rec := &memRecorder{}
+	l := startProxy(t, listenerConfig(t, dev, "    timeouts:\n      response: 30s"), allowAll(), rec)
+	c := dialRaw(t, l.Addr().String())
+	c.send("0001 0000 0006 01 03 0000 0001")
+	waitFor(t, "the request to be forwarded", func() bool { return len(rec.byAction(audit.ActionRequest)) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := l.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the deadline", err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 16)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the client's connection ended with %v, want a reset", err)
+	}
+	closes := rec.byAction(audit.ActionConnectionClose)
+	if len(closes) != 1 || closes[0].Reason != "shutdown deadline" {
+		t.Errorf("close events %+v, want one with reason shutdown deadline", closes)
+	}
 }
