@@ -40,6 +40,7 @@ SIGHUP reloads the certificate, key and CA; SIGINT/SIGTERM stop.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			defer catchSIGPIPE()()
 			ctls, err := pki.NewClientTLS(opts)
 			if err != nil {
 				return err

@@ -665,3 +665,67 @@ func TestE2EConnectToRun(t *testing.T) {
 		t.Fatalf("%d allowed writes in the audit file, the device applied 1", len(audittest.AllowedWrites(recs)))
 	}
 }
+
+// TestE2EConnectSurvivesBrokenStderr: `conduit connect -v` logs every
+// connection to standard error; when its reader goes away (a terminal
+// closed, journald restarted), the next log line must not end the tunnel
+// (Go's default on a broken pipe at fd 2 is to exit with SIGPIPE).
+func TestE2EConnectSurvivesBrokenStderr(t *testing.T) {
+	bin := conduitBinary(t)
+	s := newTLSSite(t, "plc-mbaps")
+	plc := startTestPLC(t, sim.PLCOptions{})
+	plc.SetHolding(10, 77)
+	addr := freeAddr(t)
+	cfgPath := filepath.Join(s.dir, "conduit.yaml")
+	if err := os.WriteFile(cfgPath, []byte(s.config("plc-mbaps", addr, plc.Addr(), s.tlsYAML())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e2eStart(t, bin, `"msg":"conduit running"`, "run", "--config", cfgPath)
+
+	eng := s.issue(t, pki.IssueRequest{Name: "legacy-hmi", Role: "engineer"})
+	plain := freeAddr(t)
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout := &syncBuffer{}
+	cmd := exec.Command(bin, "connect", "-v", "--listen", plain, "--to", addr,
+		"--cert", eng.ChainFile, "--key", eng.KeyFile, "--ca", filepath.Join(s.ca.Dir, pki.FileRootCert))
+	cmd.Stdout, cmd.Stderr = stdout, errW
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	errW.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stdout.String(), "conduit connect: ") {
+		if time.Now().After(deadline) {
+			t.Fatal("conduit connect did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	errR.Close() // nobody reads standard error any more
+
+	for i := range 2 { // the first connection's log line meets the broken pipe
+		c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + plain, Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Open(); err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+		v, err := c.ReadRegister(10, mb.HOLDING_REGISTER)
+		c.Close()
+		if err != nil || v != 77 {
+			t.Fatalf("connection %d through connect: %v, %v", i+1, v, err)
+		}
+	}
+	select {
+	case err := <-done:
+		done <- err
+		t.Fatalf("conduit connect ended: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+}

@@ -49,14 +49,9 @@ requests it has in flight (at most --drain), then exit.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			// A write to a broken standard output (audit.stdout's reader
-			// went away) or standard error would end the process, every
-			// connection with it, and say nothing. With SIGPIPE caught
-			// the write fails instead: the audit copy's failure denies
+			// The audit copy's failure on a broken stdout then denies
 			// the operations (fail closed) and is logged.
-			pipe := make(chan os.Signal, 1)
-			signal.Notify(pipe, syscall.SIGPIPE)
-			defer signal.Stop(pipe)
+			defer catchSIGPIPE()()
 			a, err := startApp(ctx, cfg, appOptions{Log: log})
 			if err != nil {
 				return err
@@ -111,3 +106,14 @@ requests it has in flight (at most --drain), then exit.`,
 
 // reloadTimeout bounds one SIGHUP reload (policy compile and Rego tests).
 const reloadTimeout = 2 * time.Minute
+
+// catchSIGPIPE makes a write to a broken standard output or standard error
+// fail with EPIPE instead of ending the process (Go's default for fds 1
+// and 2): a log shipper or journald going away must not take every plant
+// connection with it, unannounced. It returns the function that stops
+// catching.
+func catchSIGPIPE() (stop func()) {
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	return func() { signal.Stop(pipe) }
+}
