@@ -48,3 +48,30 @@ func ExpireUnlinkCheck(s *Sink) {
 	defer s.wmu.Unlock()
 	s.t.(*fileTarget).checked = time.Time{}
 }
+
+// DisableUnlinkWatch stops the inotify watch of a file sink's current
+// file: deletions are then seen by the interval check alone.
+func DisableUnlinkWatch(s *Sink) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	ft := s.t.(*fileTarget)
+	ft.watch.close()
+	ft.watch = nil
+}
+
+// UnlinkNoticed reports whether the inotify watch of a file sink's current
+// file has seen a change not yet acted on.
+func UnlinkNoticed(s *Sink) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	w := s.t.(*fileTarget).watch
+	return w != nil && w.changed.Load()
+}
+
+// UnlinkWatchActive reports whether a file sink's current file has an
+// inotify watch (and its goroutine).
+func UnlinkWatchActive(s *Sink) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.t.(*fileTarget).watch != nil
+}

@@ -21,9 +21,10 @@ import (
 // newline; the torn line is left as evidence.
 //
 // The proxy calls Reopen on SIGHUP after logrotate renamed the file, and
-// Close on shutdown. A file deleted under the sink is created again (Linux:
-// the link count is checked before a batch, at most every 50 ms), and the
-// events written since the last check are copied into it.
+// Close on shutdown. A file deleted under the sink is created again by the
+// next batch (Linux: an inotify watch on the file flags the change of its
+// link count; the count is also read at least every 50 ms), and the events
+// written since the last check are copied into it.
 func OpenFile(path string, opts Options) (*Sink, error) {
 	f, seq, torn, err := openAuditFile(path, opts.Fsync)
 	if err != nil {
@@ -161,24 +162,27 @@ type fileTarget struct {
 	// sync is fdatasync of f, or in tests a fault injector.
 	sync func() error
 
-	// The deletion check (Unlinked) runs at most once per checkEvery:
-	// checked is when it last found the file linked, and mark the file's
-	// size then. What lies after mark may have been written to a file
-	// without a name.
+	// The deletion check (Unlinked) runs when watch says the file's link
+	// count or name changed, and at least once per checkEvery: checked is
+	// when it last found the file linked, and mark the file's size then.
+	// What lies after mark may have been written to a file without a
+	// name.
+	watch      *attribWatch
 	checkEvery time.Duration
 	checked    time.Time
 	mark       int64
 }
 
 // unlinkCheckEvery is how often a batch checks that the audit file still
-// has a name. A check costs an fstat(2), about a third of a one-event
+// has a name when the inotify watch has said nothing (or is not
+// available). A check costs an fstat(2), about a third of a one-event
 // write at depth 1 when made before every batch (BenchmarkRecordBatchFile:
 // 4.5 -> 3.3 µs); nothing is lost by checking less often, since what was
 // written after the last check is copied into the new file.
 const unlinkCheckEvery = 50 * time.Millisecond
 
 func newFileTarget(f *os.File) *fileTarget {
-	return &fileTarget{f: f, w: f, checkEvery: unlinkCheckEvery}
+	return &fileTarget{f: f, w: f, watch: watchAttrib(f), checkEvery: unlinkCheckEvery}
 }
 
 func (t *fileTarget) Write(p []byte) (int, error) { return t.w.Write(p) }
@@ -208,16 +212,20 @@ func (t *fileTarget) Rollback(n int) error {
 	return t.f.Truncate(pos - int64(n))
 }
 
-func (t *fileTarget) Close() error { return t.f.Close() }
+func (t *fileTarget) Close() error {
+	t.watch.close()
+	return t.f.Close()
+}
 
 // Unlinked reports whether the file was deleted while open (Linux), looking
-// at most once per checkEvery (until it finds the file deleted: then at
-// every call, until the sink has replaced it). since is what was written
+// when the inotify watch saw its link count change and at least once per
+// checkEvery (once it found the file deleted: at every call, until the
+// sink has replaced it). since is what was written
 // to the file after the last check that found it linked: events that may
 // be in a file without a name, for the new file. err: since could not be
 // read back.
 func (t *fileTarget) Unlinked(now time.Time) (since []byte, gone bool, err error) {
-	if !t.checked.IsZero() && now.Sub(t.checked) < t.checkEvery {
+	if !t.watch.take() && !t.checked.IsZero() && now.Sub(t.checked) < t.checkEvery {
 		return nil, false, nil
 	}
 	nlink, size, ok := linkCount(t.f)

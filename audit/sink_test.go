@@ -622,8 +622,9 @@ func TestResumeSequence(t *testing.T) {
 
 // The audit file deleted under a running sink (rm, a cleanup job): every
 // write to the unlinked file succeeded, so traffic went on while its events
-// went to a file nobody could read and that vanished at close. A batch now
-// checks the link count (at most every 50 ms), creates the file again and
+// went to a file nobody could read and that vanished at close. The sink
+// notices the deletion through an inotify watch (and, failing that, a
+// link-count check at most every 50 ms), creates the file again and
 // copies into it what was written since the last check found the file
 // linked, so the sequence continues without a gap; if the file cannot be
 // created (a file stands where its directory was), the batch fails.
@@ -638,6 +639,77 @@ func TestFileDeletedUnderSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	audit.SetUnlinkCheck(s, time.Hour) // the watch alone
+	record := func(want uint64) {
+		t.Helper()
+		ev := modbusWrite()
+		if err := s.Record(ev); err != nil || ev.Seq != want {
+			t.Fatalf("event %d: seq %d, %v", want, ev.Seq, err)
+		}
+	}
+	seqs := func() []uint64 {
+		t.Helper()
+		var out []uint64
+		for _, r := range readFile(t, path) {
+			out = append(out, r.Seq())
+		}
+		return out
+	}
+	for i := uint64(1); i <= 3; i++ {
+		record(i) // the first batch checks: linked, empty
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return audit.UnlinkNoticed(s) })
+	record(4)
+	if got := seqs(); !slices.Equal(got, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("after the deletion the file holds events %v, want 1-4 (those written since the last check, and the new one)", got)
+	}
+	assertMode(t, path, 0o600)
+
+	// Deleted again, and its directory replaced by a file: nowhere to
+	// write, so the event fails and its caller denies; so does the next.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return audit.UnlinkNoticed(s) })
+	for range 2 {
+		if err := s.Record(modbusWrite()); err == nil || !strings.Contains(err.Error(), "deleted") {
+			t.Fatalf("Record with the file deleted and no way to create it: %v", err)
+		}
+	}
+	// The directory is back: the next batch creates the file, with the
+	// events of the file without a name (1-4) first.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	ev := modbusWrite()
+	if err := s.Record(ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(); len(got) < 2 || got[0] != 1 || got[len(got)-1] != ev.Seq {
+		t.Fatalf("the recreated file holds events %v", got)
+	}
+}
+
+// Without the inotify watch, the link count is read at most every 50 ms:
+// events written to the file without a name before that check are copied
+// into the new one.
+func TestFileDeletedUnderSinkIntervalCheck(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the link count is read on Linux")
+	}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s, err := audit.OpenFile(path, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	audit.DisableUnlinkWatch(s)
 	audit.SetUnlinkCheck(s, time.Hour) // checks only when the test says
 	record := func(want uint64) {
 		t.Helper()
@@ -661,46 +733,12 @@ func TestFileDeletedUnderSink(t *testing.T) {
 	}
 	audit.ExpireUnlinkCheck(s)
 	record(7)
-	recs := readFile(t, path)
 	var seqs []uint64
-	for _, r := range recs {
+	for _, r := range readFile(t, path) {
 		seqs = append(seqs, r.Seq())
 	}
 	if !slices.Equal(seqs, []uint64{4, 5, 6, 7}) {
 		t.Fatalf("after the deletion the file holds events %v, want 4-7 (those written since the last check, and the new one)", seqs)
-	}
-	assertMode(t, path, 0o600)
-
-	// Deleted again, and its directory replaced by a file: nowhere to
-	// write, so the event fails and its caller denies; so does the next.
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dir, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	audit.ExpireUnlinkCheck(s)
-	for range 2 {
-		if err := s.Record(modbusWrite()); err == nil || !strings.Contains(err.Error(), "deleted") {
-			t.Fatalf("Record with the file deleted and no way to create it: %v", err)
-		}
-	}
-	// The directory is back: the next batch creates the file, with the
-	// events of the file without a name since its last check (7) first.
-	if err := os.Remove(dir); err != nil {
-		t.Fatal(err)
-	}
-	ev := modbusWrite()
-	if err := s.Record(ev); err != nil {
-		t.Fatal(err)
-	}
-	recs = readFile(t, path)
-	seqs = seqs[:0]
-	for _, r := range recs {
-		seqs = append(seqs, r.Seq())
-	}
-	if len(seqs) < 2 || seqs[0] > 7 || seqs[len(seqs)-1] != ev.Seq {
-		t.Fatalf("the recreated file holds events %v", seqs)
 	}
 }
 
