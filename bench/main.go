@@ -83,6 +83,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.StringVar(&only, "only", "", "comma-separated subset: saturation,latency,depth8,profile,scale,reload,opcua")
 	fs.StringVar(&o.conduit, "conduit", "", "measure this conduit binary instead of building ./cmd/conduit")
 	fs.BoolVar(&o.quick, "quick", false, "short runs, one repeat, fewer connections: a smoke test of the harness")
+	docs := fs.String("docs", "docs/benchmarks.md", "the document whose Results section a full run replaces (\"\": none; -only and -quick runs leave it alone)")
 	fs.Parse(args)
 	if o.quick {
 		o.repeats, o.warmup, o.duration, o.latDur, o.reload, o.profile = 1, time.Second, 2*time.Second, 3*time.Second, 4*time.Second, 2*time.Second
@@ -128,7 +129,47 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	fmt.Println(md)
 	logf("results: %s, %s, plots in %s", file, filepath.Join(o.results, "latest.md"), o.img)
+	switch {
+	case *docs == "":
+	case o.quick || o.only != nil || err != nil:
+		logf("%s not updated: not a complete full run", *docs)
+	default:
+		if derr := updateDocs(*docs, md); derr != nil {
+			return derr
+		}
+		logf("results written into %s", *docs)
+	}
 	return err
+}
+
+// The markers around the harness's part of docs/benchmarks.md.
+const (
+	resultsBegin = "<!-- bench:results:begin (go run ./bench run writes what follows, up to the end marker) -->"
+	resultsEnd   = "<!-- bench:results:end -->"
+)
+
+// updateDocs replaces the text between the results markers of the document
+// at path with md.
+func updateDocs(path, md string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	out, err := spliceResults(string(b), md)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return os.WriteFile(path, []byte(out), 0o644)
+}
+
+// spliceResults returns doc with what lies between its results markers
+// replaced by md; both markers must be there once, in order.
+func spliceResults(doc, md string) (string, error) {
+	i, j := strings.Index(doc, resultsBegin), strings.Index(doc, resultsEnd)
+	if i < 0 || j < 0 || j < i || strings.Count(doc, resultsBegin) != 1 || strings.Count(doc, resultsEnd) != 1 {
+		return "", fmt.Errorf("needs one %q and, after it, one %q", resultsBegin, resultsEnd)
+	}
+	return doc[:i+len(resultsBegin)] + "\n\n" + strings.TrimSpace(md) + "\n\n" + doc[j:], nil
 }
 
 // imgRel is the plots' directory as seen from docs/benchmarks.md.

@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"strings"
+	"testing"
+)
 
 func classify(st []string) string {
 	for _, r := range rules {
@@ -38,5 +42,39 @@ func TestThousands(t *testing.T) {
 		if got := thousands(v); got != want {
 			t.Errorf("thousands(%v) = %q, want %q", v, got, want)
 		}
+	}
+}
+
+// A full run replaces the results section of docs/benchmarks.md, and
+// only it; a document without the markers is refused, not overwritten.
+func TestSpliceResults(t *testing.T) {
+	doc := "# Benchmarks\n\nintro\n\n### Results\n\n" + resultsBegin + "\n\nold tables\n\n" + resultsEnd + "\n\n### Where the targets stand\n\nanalysis\n"
+	got, err := spliceResults(doc, "\nnew tables\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "# Benchmarks\n\nintro\n\n### Results\n\n" + resultsBegin + "\n\nnew tables\n\n" + resultsEnd + "\n\n### Where the targets stand\n\nanalysis\n"
+	if got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	again, err := spliceResults(got, "newer")
+	if err != nil || !strings.Contains(again, "\n\nnewer\n\n") || strings.Contains(again, "new tables") {
+		t.Fatalf("second splice: %v\n%s", err, again)
+	}
+	for _, bad := range []string{"no markers", resultsEnd + resultsBegin, resultsBegin + resultsBegin + resultsEnd} {
+		if _, err := spliceResults(bad, "x"); err == nil {
+			t.Errorf("spliced into %q", bad)
+		}
+	}
+}
+
+// The committed docs/benchmarks.md has the markers a full run needs.
+func TestDocsHaveResultsMarkers(t *testing.T) {
+	b, err := os.ReadFile("../docs/benchmarks.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spliceResults(string(b), "x"); err != nil {
+		t.Fatal(err)
 	}
 }
