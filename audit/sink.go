@@ -272,9 +272,7 @@ func (s *Sink) record(ctx context.Context, evs []*Event, errs []error) {
 	// be written all the same.
 	lead := !s.writing && b.total > 0
 	if lead {
-		s.writing = true
-		s.cur = s.newBatchLocked()
-		s.due = false
+		s.takeLocked()
 	} else if queued > 0 && b.done == nil {
 		b.done, b.lead = make(chan struct{}), make(chan struct{}, 1)
 	}
@@ -350,13 +348,20 @@ func (s *Sink) flushDeferred() {
 	if s.lost != nil {
 		s.appendNoticeLocked(s.cur)
 	}
+	b := s.takeLocked()
+	s.mu.Unlock()
+	closeIf(b.taken)
+	s.write(b)
+}
+
+// takeLocked makes the caller the writer of the filling batch, which it
+// returns, and starts a new one.
+func (s *Sink) takeLocked() *batch {
 	b := s.cur
 	s.writing = true
 	s.cur = s.newBatchLocked()
 	s.due = false
-	s.mu.Unlock()
-	closeIf(b.taken)
-	s.write(b)
+	return b
 }
 
 // waitRoomLocked waits, s.mu held, until the batch being filled has room
@@ -496,8 +501,7 @@ func (s *Sink) write(b *batch) {
 				// a batch of deferred events alone has no caller.
 				s.appendNoticeLocked(next)
 			}
-			s.cur = s.newBatchLocked()
-			s.due = false
+			s.takeLocked()
 		}
 		s.mu.Unlock()
 
@@ -725,8 +729,7 @@ func (s *Sink) Close() error {
 		}
 		b := s.cur
 		if b.total > 0 {
-			s.writing = true
-			s.cur = s.newBatchLocked()
+			s.takeLocked()
 		}
 		s.mu.Unlock()
 		if b.total > 0 {
