@@ -223,6 +223,25 @@ func startRun(t *testing.T, cfgPath string, stdout io.Writer) (cmd *exec.Cmd, st
 	return cmd, stderr, done
 }
 
+// waitOutput waits until out holds what, failing the test if the process
+// whose exit done reports ends first (the exit is put back for others).
+func waitOutput(t *testing.T, out *syncBuffer, done chan error, what string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), what) {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("conduit exited (%v) before writing %q", err, what)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("conduit did not write %q", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // startPLC starts a simulated PLC for the test's lifetime.
 func startPLC(t *testing.T) *sim.PLC {
 	t.Helper()
@@ -763,22 +782,7 @@ func TestBinarySIGHUPDuringStartup(t *testing.T) {
 	listen := freeAddr(t)
 	cfgPath, _ := writeConfig(t, dir, listen, plc.Addr(), copyReferencePolicy(t), "")
 	cmd, stderr, done := startRun(t, cfgPath, nil)
-	waitLog := func(what string) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !strings.Contains(stderr.String(), what) {
-			select {
-			case err := <-done:
-				done <- err
-				t.Fatalf("conduit exited (%v) before logging %q", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("conduit did not log %q", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	waitLog := func(what string) { t.Helper(); waitOutput(t, stderr, done, what) }
 	waitLog(`"msg":"policy loaded"`) // inside startup, before the listeners serve
 	cmd.Process.Signal(syscall.SIGHUP)
 	waitLog(`"msg":"conduit running"`)
@@ -809,13 +813,7 @@ func TestBinaryBrokenStdout(t *testing.T) {
 	w.Close()
 	// Read standard output until the listener answers, then stop reading.
 	go io.Copy(io.Discard, r)
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(stderr.String(), `"msg":"conduit running"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("conduit did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOutput(t, stderr, done, `"msg":"conduit running"`)
 	r.Close()
 
 	c := modbusClient(t, listen)

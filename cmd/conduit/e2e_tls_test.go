@@ -607,21 +607,31 @@ func TestE2ERunReloadsTLSOnSIGHUPUnderTraffic(t *testing.T) {
 	}
 }
 
-// TestE2EConnectToRun: a legacy plain-TCP Modbus client (simonvetter
-// tcp://) → `conduit connect` → `conduit run`'s mTLS listener → device.
-// The engineer role of connect's certificate lets the write through, and
-// the audit file names connect's certificate.
-func TestE2EConnectToRun(t *testing.T) {
-	bin := conduitBinary(t)
-	s := newTLSSite(t, "plc-mbaps")
-	plc := startTestPLC(t, sim.PLCOptions{})
+// startMbapsSite runs `conduit run` with one mTLS listener (plc-mbaps) in
+// front of a simulated PLC whose holding register 10 holds 77, and returns
+// the binary, the site (its CA issues client certificates), the PLC and the
+// listener's address.
+func startMbapsSite(t *testing.T) (bin string, s *tlsSite, plc *sim.PLC, addr string) {
+	t.Helper()
+	bin = conduitBinary(t)
+	s = newTLSSite(t, "plc-mbaps")
+	plc = startTestPLC(t, sim.PLCOptions{})
 	plc.SetHolding(10, 77)
-	addr := freeAddr(t)
+	addr = freeAddr(t)
 	cfgPath := filepath.Join(s.dir, "conduit.yaml")
 	if err := os.WriteFile(cfgPath, []byte(s.config("plc-mbaps", addr, plc.Addr(), s.tlsYAML())), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	e2eStart(t, bin, `"msg":"conduit running"`, "run", "--config", cfgPath)
+	return bin, s, plc, addr
+}
+
+// TestE2EConnectToRun: a legacy plain-TCP Modbus client (simonvetter
+// tcp://) → `conduit connect` → `conduit run`'s mTLS listener → device.
+// The engineer role of connect's certificate lets the write through, and
+// the audit file names connect's certificate.
+func TestE2EConnectToRun(t *testing.T) {
+	bin, s, plc, addr := startMbapsSite(t)
 
 	eng := s.issue(t, pki.IssueRequest{Name: "legacy-hmi", Role: "engineer"})
 	plain := freeAddr(t)
@@ -671,16 +681,7 @@ func TestE2EConnectToRun(t *testing.T) {
 // closed, journald restarted), the next log line must not end the tunnel
 // (Go's default on a broken pipe at fd 2 is to exit with SIGPIPE).
 func TestE2EConnectSurvivesBrokenStderr(t *testing.T) {
-	bin := conduitBinary(t)
-	s := newTLSSite(t, "plc-mbaps")
-	plc := startTestPLC(t, sim.PLCOptions{})
-	plc.SetHolding(10, 77)
-	addr := freeAddr(t)
-	cfgPath := filepath.Join(s.dir, "conduit.yaml")
-	if err := os.WriteFile(cfgPath, []byte(s.config("plc-mbaps", addr, plc.Addr(), s.tlsYAML())), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e2eStart(t, bin, `"msg":"conduit running"`, "run", "--config", cfgPath)
+	bin, s, _, addr := startMbapsSite(t)
 
 	eng := s.issue(t, pki.IssueRequest{Name: "legacy-hmi", Role: "engineer"})
 	plain := freeAddr(t)
@@ -699,13 +700,7 @@ func TestE2EConnectSurvivesBrokenStderr(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(stdout.String(), "conduit connect: ") {
-		if time.Now().After(deadline) {
-			t.Fatal("conduit connect did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOutput(t, stdout, done, "conduit connect: ")
 	errR.Close() // nobody reads standard error any more
 
 	for i := range 2 { // the first connection's log line meets the broken pipe
