@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/internal/aside"
 	"github.com/conduit-ot/conduit/pki"
 )
 
@@ -170,24 +171,7 @@ func (e *Encoder) base(key baseKey, store bool) zapcore.Encoder {
 // cache was emptied, past maxBases). A goroutine costs about a microsecond
 // on a path that encodes a certificate. A panic is passed back.
 func (e *Encoder) newBaseAside(k *baseKey) zapcore.Encoder {
-	type result struct {
-		b zapcore.Encoder
-		p any
-	}
-	ch := make(chan result, 1)
-	go func() {
-		var r result
-		defer func() {
-			r.p = recover()
-			ch <- r
-		}()
-		r.b = e.newBase(k)
-	}()
-	r := <-ch
-	if r.p != nil {
-		panic(r.p)
-	}
-	return r.b
+	return aside.Run(func() zapcore.Encoder { return e.newBase(k) })
 }
 
 // newBase encodes the static fields of k.

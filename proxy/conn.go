@@ -14,6 +14,7 @@ import (
 
 	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/inspect"
+	"github.com/conduit-ot/conduit/internal/aside"
 	"github.com/conduit-ot/conduit/pki"
 )
 
@@ -82,14 +83,12 @@ func (c *Conn) close(reason string) {
 // reset closes the client connection with a TCP reset (deny action
 // "reset").
 //
-// The TCP socket is closed first: a reset sends no TLS close_notify, which
-// could wait up to 5 s for a client that does not read (crypto/tls's Close).
+// The TCP socket is reset first (resetClose): a reset sends no TLS
+// close_notify, which could wait up to 5 s for a client that does not read
+// (crypto/tls's Close).
 func (c *Conn) reset(reason string) {
 	c.reason.CompareAndSwap(nil, &reason)
-	if c.tcp != nil {
-		c.tcp.SetLinger(0)
-		c.tcp.Close()
-	}
+	resetClose(c.client)
 	c.close(reason)
 }
 
@@ -131,23 +130,11 @@ func (c *Conn) dial() (net.Conn, error) {
 	type result struct {
 		up  net.Conn
 		err error
-		p   any
 	}
-	ch := make(chan result, 1)
-	go func() {
-		var r result
-		defer func() {
-			if p := recover(); p != nil {
-				r.p = p
-			}
-			ch <- r
-		}()
-		r.up, r.err = c.dialDevice()
-	}()
-	r := <-ch
-	if r.p != nil {
-		panic(r.p)
-	}
+	r := aside.Run(func() result {
+		up, err := c.dialDevice()
+		return result{up, err}
+	})
 	return r.up, r.err
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/conduit-ot/conduit/audit"
 	"github.com/conduit-ot/conduit/config"
+	"github.com/conduit-ot/conduit/internal/aside"
 	"github.com/conduit-ot/conduit/pki"
 )
 
@@ -214,17 +215,11 @@ func (l *Listener) handle(raw net.Conn) {
 	}
 	defer release()
 
-	// The handshake and the connection-open event run on a goroutine of
-	// their own: signature checks and certificate parsing grow a
-	// goroutine's stack to tens of KiB, and encoding and writing an audit
-	// event to 8 KiB, which this goroutine, serving the connection for
-	// hours, would keep (Go shrinks stacks only by halves, one per garbage
-	// collection, and not below what a goroutine blocked in a read uses).
-	// That goroutine's stack goes back to the runtime for the next
-	// connection instead.
-	ok := make(chan bool, 1)
-	go func() { ok <- l.open(c, raw) }()
-	if !<-ok {
+	// The handshake and the connection-open event run aside: signature
+	// checks and certificate parsing grow a goroutine's stack to tens of
+	// KiB, and encoding and writing an audit event to 8 KiB, which this
+	// goroutine, serving the connection for hours, would keep.
+	if !l.openAside(c, raw) {
 		return
 	}
 	var lifetime *time.Timer
@@ -281,6 +276,27 @@ func (l *Listener) admit(raw net.Conn) *Conn {
 		tc.SetKeepAlivePeriod(30 * time.Second)
 	}
 	return c
+}
+
+// openAside runs open on a goroutine of its own (package aside). A bug in
+// it (the handshake, the identity, the event) ends this connection,
+// audited, instead of the process — as a panic in a protocol handler does.
+func (l *Listener) openAside(c *Conn, raw net.Conn) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			resetClose(raw)
+			c.internalError("connection open", p)
+			l.mu.Lock()
+			_, registered := l.conns[c]
+			delete(l.conns, c)
+			l.mu.Unlock()
+			if registered {
+				l.metrics.conns.Dec()
+			}
+			ok = false
+		}
+	}()
+	return aside.Run(func() bool { return l.open(c, raw) })
 }
 
 // open completes the TLS handshake (if any), registers the connection for

@@ -190,12 +190,13 @@ type tlsProxyOptions struct {
 	noWatch  bool
 	now      func() time.Time
 	onReject func(*pki.HandshakeError)
+	identity func(tls.ConnectionState) (*pki.Identity, error)
 }
 
 func startTLSProxy(t testing.TB, lc config.Listener, d policy.Decider, r audit.Recorder, o tlsProxyOptions) *tlsProxy {
 	t.Helper()
 	p := &tlsProxy{}
-	po := Options{Listener: lc, Decider: d, Recorder: r, Log: o.log}
+	po := Options{Listener: lc, Decider: d, Recorder: r, Log: o.log, Identity: o.identity}
 	if lc.TLS != nil {
 		st, err := pki.NewServerTLS(context.Background(), lc.TLS, pki.ServerOptions{
 			NoWatch:  o.noWatch,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +39,19 @@ func connOf(t *testing.T, rec *memRecorder, cn string) uint64 {
 	}
 	t.Fatalf("no request event of %s", cn)
 	return 0
+}
+
+// startRecheckProxy serves an mTLS listener (allow all, CRL checked) in
+// front of a PLC whose holding register 10 is 0xBEEF.
+func startRecheckProxy(t *testing.T, o tlsProxyOptions) (*testCA, *listenerTLS, *memRecorder, *tlsProxy) {
+	t.Helper()
+	ca := newTestCA(t, "Plant")
+	plc := startPLC(t)
+	plc.SetHolding(10, 0xBEEF)
+	lt := newListenerTLS(t, ca)
+	lt.setCRLs(t, ca)
+	rec := &memRecorder{}
+	return ca, lt, rec, startTLSProxy(t, tlsListenerConfig(t, "plc-tls", plc.Addr(), lt.yaml("")), allowAll(), rec, o)
 }
 
 func readOnce(c *mb.ModbusClient) error {
@@ -156,13 +170,7 @@ func TestTLSReloadCutsConnectionsOfWithdrawnCertificates(t *testing.T) {
 // configuration, before it sent its certificate) while the certificate is
 // revoked.
 func TestTLSReloadDuringHandshakeIsRechecked(t *testing.T) {
-	ca := newTestCA(t, "Plant")
-	plc := startPLC(t)
-	plc.SetHolding(10, 0xBEEF)
-	lt := newListenerTLS(t, ca)
-	lt.setCRLs(t, ca)
-	rec := &memRecorder{}
-	p := startTLSProxy(t, tlsListenerConfig(t, "plc-tls", plc.Addr(), lt.yaml("")), allowAll(), rec, tlsProxyOptions{noWatch: true})
+	ca, lt, rec, p := startRecheckProxy(t, tlsProxyOptions{noWatch: true})
 
 	is := ca.issue(t, pki.IssueRequest{Name: "scada", Role: "operator"})
 	kp := keyPair(t, is)
@@ -216,5 +224,42 @@ func TestTLSReloadDuringHandshakeIsRechecked(t *testing.T) {
 	})
 	if n := len(rec.byAction(audit.ActionRequest)); n != 0 {
 		t.Errorf("%d requests of the revoked client were decided", n)
+	}
+}
+
+// A bug while a connection opens (here the identity function panics, after
+// a real TLS handshake) ends that connection, audited, and not the
+// process: the next connection is served.
+func TestPanicWhileOpeningEndsOnlyThatConnection(t *testing.T) {
+	var calls atomic.Int32
+	ca, _, rec, p := startRecheckProxy(t, tlsProxyOptions{
+		noWatch: true,
+		identity: func(st tls.ConnectionState) (*pki.Identity, error) {
+			if calls.Add(1) == 1 {
+				panic("identity bug")
+			}
+			return pki.IdentityFromCertificate(st.PeerCertificates[0])
+		},
+	})
+	cfg := tlsClientConfig(t, ca.issue(t, pki.IssueRequest{Name: "scada", Role: "operator"}), ca)
+	if _, err := readHolding(p.addr(), cfg); err == nil {
+		t.Fatal("the connection whose opening panicked was served")
+	}
+	resp, err := readHolding(p.addr(), cfg)
+	if err != nil || len(resp) != 11 || resp[9] != 0xBE || resp[10] != 0xEF {
+		t.Fatalf("the next connection: % x, %v", resp, err)
+	}
+	waitFor(t, "the panic's audit event", func() bool {
+		for _, ev := range rec.byAction(audit.ActionMalformed) {
+			if ev.Rule == "proxy.panic" && strings.Contains(ev.Reason, "internal error in connection open: identity bug") {
+				return true
+			}
+		}
+		return false
+	})
+	p.Listener.mu.Lock()
+	defer p.Listener.mu.Unlock()
+	if n := len(p.Listener.conns); n > 1 {
+		t.Errorf("%d connections registered, the panicked one left behind", n)
 	}
 }
